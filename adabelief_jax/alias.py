@@ -1,0 +1,124 @@
+"""`adabelief`: the ready-to-use optimizer, an Optax chain around scale_by_belief."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import chex
+import optax
+
+from adabelief_jax import _checks
+from adabelief_jax.transform import _scale_by_belief
+
+WeightDecayMode = Literal['decoupled', 'fixed', 'l2']
+WEIGHT_DECAY_MODES = ('decoupled', 'fixed', 'l2')
+
+
+def _negated(value: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+  if callable(value):
+    return lambda count: -value(count)
+  return -value
+
+
+def _chain(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule,
+    weight_decay_mask: Any,
+    weight_decay_mode: str,
+    belief: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  """[l2 decay] -> belief -> [decoupled decay] -> -lr -> [fixed decay]."""
+  _checks.check_nonnegative('learning_rate', learning_rate)
+  _checks.check_nonnegative('weight_decay', weight_decay)
+  if weight_decay_mode not in WEIGHT_DECAY_MODES:
+    raise ValueError(
+        f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got '
+        f'{weight_decay_mode!r}.'
+    )
+  # A fixed decay is subtracted after the learning rate: p -= wd * p.
+  decay = optax.add_decayed_weights(
+      _negated(weight_decay) if weight_decay_mode == 'fixed' else weight_decay,
+      weight_decay_mask,
+  )
+  return optax.chain(
+      *([decay] if weight_decay_mode == 'l2' else []),
+      belief,
+      *([decay] if weight_decay_mode == 'decoupled' else []),
+      optax.scale_by_learning_rate(learning_rate),
+      *([decay] if weight_decay_mode == 'fixed' else []),
+  )
+
+
+def adabelief(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-16,
+    eps_root: chex.Numeric = 1e-16,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+    *,
+    weight_decay_mode: WeightDecayMode = 'decoupled',
+    amsgrad: bool = False,
+    rectify: bool = False,
+    sma_threshold: chex.Numeric = 5.0,
+    degenerate_to_sgd: bool = True,
+    nesterov: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The AdaBelief optimizer (Zhuang et al., 2020) with weight decay.
+
+  The step is :math:`-\eta_t u_t` with :math:`u_t` from
+  :func:`adabelief_jax.scale_by_belief` (see it for the update rule and the
+  meaning of ``b1``, ``b2``, ``eps``, ``eps_root``, ``amsgrad``, ``rectify``,
+  ``sma_threshold``, ``degenerate_to_sgd``, ``nesterov`` and the state dtypes),
+  plus weight decay :math:`\lambda` in one of three modes:
+
+  * ``"decoupled"`` (default; AdamW's convention and adabelief-pytorch's
+    ``weight_decouple=True``): :math:`p \leftarrow p - \eta_t (u_t + \lambda p)`.
+  * ``"fixed"`` (adabelief-pytorch's ``fixed_decay=True``): the decay ignores
+    the learning rate, :math:`p \leftarrow p - \eta_t u_t - \lambda p`.
+  * ``"l2"``: classic L2 regularization, :math:`g \leftarrow g + \lambda p`
+    before the moments.
+
+  Args:
+    learning_rate: :math:`\eta`, a non-negative number or an optax schedule.
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment of the prediction error, in [0, 1).
+    eps: added to :math:`\sqrt{\hat s_t}`, >= 0 (1e-16 ~ Adam's 1e-8 squared).
+    eps_root: added to :math:`s_t` every step, >= 0 (the paper's epsilon).
+    weight_decay: :math:`\lambda`, a non-negative number or a schedule.
+    weight_decay_mask: a pytree of booleans (or a function of the params
+      returning one), ``True`` where decay applies, as
+      ``optax.add_decayed_weights``.
+    weight_decay_mode: ``"decoupled"``, ``"fixed"`` or ``"l2"``.
+    amsgrad: see :func:`adabelief_jax.scale_by_belief`.
+    rectify: see :func:`adabelief_jax.scale_by_belief`.
+    sma_threshold: see :func:`adabelief_jax.scale_by_belief`.
+    degenerate_to_sgd: see :func:`adabelief_jax.scale_by_belief`.
+    nesterov: see :func:`adabelief_jax.scale_by_belief`.
+    mu_dtype: see :func:`adabelief_jax.scale_by_belief`.
+    nu_dtype: see :func:`adabelief_jax.scale_by_belief`.
+
+  Returns:
+    An ``optax.chain``: ``[l2 decay] -> scale_by_belief -> [decoupled decay] ->
+    scale_by_learning_rate -> [fixed decay]``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, adabelief_jax
+    >>> tx = adabelief_jax.adabelief(1e-3, weight_decay=1e-4)
+    >>> params = {'w': jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({'w': jnp.ones(3)}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+  """
+  return _chain(
+      learning_rate, weight_decay, weight_decay_mask, weight_decay_mode,
+      _scale_by_belief(
+          b1, b2, eps, eps_root,
+          amsgrad=amsgrad, rectify=rectify, sma_threshold=sma_threshold,
+          degenerate_to_sgd=degenerate_to_sgd, nesterov=nesterov,
+          mu_dtype=mu_dtype, nu_dtype=nu_dtype, torch_rectified_eps=False,
+      ),
+  )
