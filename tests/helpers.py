@@ -1,0 +1,60 @@
+"""Shared test utilities: small pytrees, gradient sequences, jit switching."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def maybe_jit(fn: Callable[..., Any], jit: bool) -> Callable[..., Any]:
+  return jax.jit(fn) if jit else fn
+
+
+def tree_of(dtype: Any, seed: int = 0) -> dict[str, Any]:
+  """A small parameter tree with a matrix, a vector and a scalar leaf."""
+  rng = np.random.default_rng(seed)
+  return {
+      'dense': {'kernel': jnp.asarray(rng.normal(size=(7, 5)), dtype),
+                'bias': jnp.asarray(rng.normal(size=(5,)), dtype)},
+      'scale': jnp.asarray(rng.normal(), dtype),
+  }
+
+
+def random_grads(params: Any, steps: int, seed: int, scale: float = 1.0) -> list[Any]:
+  """``steps`` gradient trees like ``params``, with a drifting mean and noise."""
+  rng = np.random.default_rng(seed)
+  leaves, treedef = jax.tree.flatten(params)
+  drift = [rng.normal(size=np.shape(p)) for p in leaves]
+  out = []
+  for step in range(steps):
+    out.append(treedef.unflatten([
+        jnp.asarray(scale * (d * np.cos(step / 10) + rng.normal(size=np.shape(p))),
+                    jnp.asarray(p).dtype)
+        for p, d in zip(leaves, drift)
+    ]))
+  return out
+
+
+def relative_error(got: Any, want: Any) -> float:
+  """max |got - want| / max |want| over all leaves of two trees (or arrays).
+
+  The scale is the whole update's: a leaf whose momentum happens to cross zero
+  has a tiny update whose float32 rounding error is set by the gradients' size,
+  not its own.
+  """
+  def flat(tree: Any, complex_: bool) -> np.ndarray:
+    leaves = [np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)]
+    return np.concatenate(leaves).astype(np.complex128 if complex_ else np.float64)
+  want_flat = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(want)])
+  is_complex = np.iscomplexobj(want_flat)
+  got_flat = flat(got, is_complex)
+  return float(np.max(np.abs(got_flat - want_flat)) / max(np.max(np.abs(want_flat)), 1e-300))
+
+
+def leaves64(tree: Any) -> list[np.ndarray]:
+  """The leaves of ``tree`` as float64 (complex128) NumPy arrays, for the oracle."""
+  return [np.asarray(x).astype(np.complex128 if np.iscomplexobj(x) else np.float64)
+          for x in jax.tree.leaves(tree)]

@@ -1,0 +1,566 @@
+"""An independent float64 NumPy oracle for AdaBelief.
+
+This module transcribes the AdaBelief algorithm directly from its math, in
+float64 (complex128 for complex leaves), with no JAX. The tests compare the
+JAX implementation against it. Everything works on a flat list of NumPy
+leaves, one optimizer state per leaf.
+
+For each leaf, at step ``t = 1, 2, ...`` with gradient ``g``::
+
+    m_t   = b1 * m_{t-1} + (1 - b1) * g
+    s_t   = b2 * s_{t-1} + (1 - b2) * |g - m_t|^2 + eps_root
+    m_hat = m_t / (1 - b1^t)
+    s_hat = s_t / (1 - b2^t)
+    u_t   = m_hat / (sqrt(s_hat) + eps)
+
+Here ``|z|^2 = z * conj(z)``, which is real, so ``s`` is real even when the leaf
+is complex. ``u_t`` is the *direction* (what ``scale_by_belief`` outputs). It
+points along the gradient, so the optimizer multiplies it by ``-lr``.
+
+Options:
+
+* ``amsgrad``: ``nu_max_t = max(nu_max_{t-1}, s_t)`` with ``nu_max_0 = 0``, and
+  ``s_hat = nu_max_t / (1 - b2^t)``.
+* ``nesterov``: ``m_hat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``.
+* ``rectify`` (RAdam-style): with ``rho_inf = 2 / (1 - b2) - 1`` and
+  ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``. If ``rho_t >= sma_threshold``::
+
+      r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+      u_t = r_t * m_hat / (sqrt(s_hat) + eps)
+
+  Otherwise ``u_t = m_hat`` when ``degenerate_to_sgd``, else ``u_t = 0``.
+* ``torch_rectified_eps`` (models adabelief-pytorch 0.2.1): in the rectified
+  branch only, the denominator's ``eps`` becomes ``eps / sqrt(1 - b2^t)``.
+
+Full optimizer step, with learning rate ``lr`` and weight decay ``wd``. Each may
+be a constant or a schedule ``f(k)`` of the update index ``k = t - 1``:
+
+* ``'decoupled'``: ``delta = -lr * (u_t + wd * p)``
+* ``'fixed'``:     ``delta = -lr * u_t - wd * p``
+* ``'l2'``:        ``g <- g + wd * p`` before the moments; ``delta = -lr * u_t``
+
+An optional per-leaf boolean mask turns weight decay off for leaves marked
+``False``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+Scalar = Union[float, int]
+ScalarOrSchedule = Union[Scalar, Callable[[int], Scalar]]
+Leaves = list[np.ndarray]
+
+WEIGHT_DECAY_MODES = ('decoupled', 'fixed', 'l2')
+
+
+# ---------------------------------------------------------------------------
+# Small pure functions (scalars and single leaves).
+# ---------------------------------------------------------------------------
+
+
+def as_float64(x: np.ndarray | Scalar | complex) -> np.ndarray:
+  """Cast to float64, or to complex128 if the input is complex.
+
+  Args:
+    x: An array or a scalar.
+
+  Returns:
+    A new float64 (or complex128) array with the same values.
+  """
+  a = np.asarray(x)
+  dtype = np.complex128 if np.iscomplexobj(a) else np.float64
+  return np.array(a, dtype=dtype)
+
+
+def bias_correction(decay: float, t: int) -> float:
+  """The bias-correction divisor ``1 - decay^t``.
+
+  Args:
+    decay: An EMA decay rate ``b`` in ``[0, 1)``.
+    t: The step number, starting at 1.
+
+  Returns:
+    ``1 - decay**t`` as a Python float.
+  """
+  return 1.0 - float(decay) ** int(t)
+
+
+def update_first_moment(m: np.ndarray, g: np.ndarray, b1: float) -> np.ndarray:
+  """The first-moment EMA: ``m_t = b1 m_{t-1} + (1 - b1) g``.
+
+  Args:
+    m: ``m_{t-1}``, the previous first moment.
+    g: The gradient at step ``t``.
+    b1: The first-moment decay rate.
+
+  Returns:
+    ``m_t``.
+  """
+  return b1 * m + (1.0 - b1) * g
+
+
+def update_belief(s: np.ndarray, g: np.ndarray, m: np.ndarray, b2: float,
+                  eps_root: float) -> np.ndarray:
+  """The belief (second-moment) EMA.
+
+  ``s_t = b2 s_{t-1} + (1 - b2) |g - m_t|^2 + eps_root``, where
+  ``|z|^2 = Re(z conj(z))``, so ``s_t`` stays real for complex leaves.
+
+  Args:
+    s: ``s_{t-1}``, the previous belief (real).
+    g: The gradient at step ``t``.
+    m: ``m_t``, the first moment *already updated* with ``g``.
+    b2: The belief decay rate.
+    eps_root: Added to ``s_t`` at every step.
+
+  Returns:
+    ``s_t`` as a real float64 array.
+  """
+  d = g - m
+  sq = np.real(d * np.conj(d))
+  return b2 * s + (1.0 - b2) * sq + eps_root
+
+
+def nesterov_first_moment_hat(m: np.ndarray, g: np.ndarray, b1: float,
+                              t: int) -> np.ndarray:
+  """The Nesterov bias-corrected first moment (as in optax's ``nesterov=True``).
+
+  ``m_hat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``.
+
+  Args:
+    m: ``m_t``, the updated first moment.
+    g: The gradient at step ``t``.
+    b1: The first-moment decay rate.
+    t: The step number, starting at 1.
+
+  Returns:
+    The Nesterov ``m_hat``.
+  """
+  return (b1 * m / bias_correction(b1, t + 1)
+          + (1.0 - b1) * g / bias_correction(b1, t))
+
+
+def rho_inf(b2: float) -> float:
+  """The maximum length of the approximated SMA: ``rho_inf = 2 / (1 - b2) - 1``.
+
+  Args:
+    b2: The second-moment decay rate.
+
+  Returns:
+    ``rho_inf``.
+  """
+  return 2.0 / (1.0 - b2) - 1.0
+
+
+def rho_t(b2: float, t: int) -> float:
+  """The SMA length at step ``t``: ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``.
+
+  Args:
+    b2: The second-moment decay rate.
+    t: The step number, starting at 1. ``rho_1 = 1`` for any ``b2``.
+
+  Returns:
+    ``rho_t``.
+  """
+  b2t = float(b2) ** int(t)
+  return rho_inf(b2) - 2.0 * t * b2t / (1.0 - b2t)
+
+
+def rectification_factor(rho: float, rho_max: float) -> float:
+  """The RAdam variance-rectification term ``r_t``.
+
+  ``r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))``.
+
+  Only meaningful when ``rho_t > 4``. Callers use it only when
+  ``rho_t >= sma_threshold``.
+
+  Args:
+    rho: ``rho_t``.
+    rho_max: ``rho_inf``.
+
+  Returns:
+    ``r_t``.
+  """
+  num = (rho - 4.0) * (rho - 2.0) * rho_max
+  den = (rho_max - 4.0) * (rho_max - 2.0) * rho
+  return math.sqrt(num / den)
+
+
+def resolve(value: ScalarOrSchedule, k: int) -> float:
+  """Evaluates a constant or a schedule at update index ``k``.
+
+  Args:
+    value: A number, or a callable ``f(k)``.
+    k: The 0-based update index (``k = t - 1``).
+
+  Returns:
+    The value as a Python float.
+  """
+  v = value(k) if callable(value) else value
+  return float(np.asarray(v, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------
+# Per-leaf state and the single-leaf direction.
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LeafState:
+  """The float64 optimizer state of one leaf.
+
+  Attributes:
+    mu: The first moment ``m`` (complex128 for complex leaves).
+    nu: The belief ``s`` (always real float64).
+    nu_max: The running maximum of ``s``, used only with amsgrad.
+  """
+
+  mu: np.ndarray
+  nu: np.ndarray
+  nu_max: np.ndarray
+
+  @classmethod
+  def zeros_like(cls, leaf: np.ndarray) -> 'LeafState':
+    """Zero state shaped like ``leaf`` (``m_0 = s_0 = nu_max_0 = 0``)."""
+    a = as_float64(leaf)
+    return cls(mu=np.zeros_like(a),
+               nu=np.zeros(a.shape, np.float64),
+               nu_max=np.zeros(a.shape, np.float64))
+
+
+def leaf_direction(
+    state: LeafState,
+    g: np.ndarray,
+    t: int,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float = 1e-16,
+    amsgrad: bool = False,
+    rectify: bool = False,
+    sma_threshold: float = 5.0,
+    degenerate_to_sgd: bool = True,
+    nesterov: bool = False,
+    torch_rectified_eps: bool = False,
+) -> tuple[np.ndarray, LeafState]:
+  """One AdaBelief direction ``u_t`` for one leaf. This is a pure function.
+
+  Computes ``m_t``, ``s_t`` (and ``nu_max_t``), then::
+
+      m_hat = m_t / (1 - b1^t)              (or the Nesterov form)
+      s_hat = s_t / (1 - b2^t)              (nu_max_t / (1 - b2^t) with amsgrad)
+      u_t   = m_hat / (sqrt(s_hat) + eps)   (without rectify)
+
+  With ``rectify``, ``u_t = r_t m_hat / (sqrt(s_hat) + eps')`` when
+  ``rho_t >= sma_threshold``. Here ``eps' = eps / sqrt(1 - b2^t)`` if
+  ``torch_rectified_eps``, else ``eps' = eps``. Otherwise ``u_t = m_hat`` (when
+  ``degenerate_to_sgd``) or ``0``.
+
+  Args:
+    state: The leaf's state after ``t - 1`` steps.
+    g: The gradient at step ``t`` (after any L2 term has been added).
+    t: The step number, starting at 1.
+    b1: The first-moment decay rate.
+    b2: The belief decay rate.
+    eps: Added to ``sqrt(s_hat)`` in the denominator.
+    eps_root: Added to ``s_t`` at every step.
+    amsgrad: Use the running maximum of ``s_t``.
+    rectify: Apply RAdam-style rectification.
+    sma_threshold: The ``rho_t`` threshold for the rectified branch.
+    degenerate_to_sgd: Below the threshold, output ``m_hat`` rather than 0.
+    nesterov: Use the Nesterov ``m_hat``.
+    torch_rectified_eps: Scale ``eps`` by ``1 / sqrt(1 - b2^t)`` in the
+      rectified branch, as adabelief-pytorch 0.2.1 does.
+
+  Returns:
+    ``(u_t, new_state)``.
+  """
+  if t < 1:
+    raise ValueError(f'step t must be >= 1, got {t}')
+  g = as_float64(g)
+  m = update_first_moment(state.mu, g, b1)
+  s = update_belief(state.nu, g, m, b2, eps_root)
+  nu_max = np.maximum(state.nu_max, s) if amsgrad else state.nu_max
+  new_state = LeafState(mu=m, nu=s, nu_max=nu_max)
+
+  if nesterov:
+    m_hat = nesterov_first_moment_hat(m, g, b1, t)
+  else:
+    m_hat = m / bias_correction(b1, t)
+  s_hat = (nu_max if amsgrad else s) / bias_correction(b2, t)
+
+  if not rectify:
+    return m_hat / (np.sqrt(s_hat) + eps), new_state
+
+  rho = rho_t(b2, t)
+  if rho >= sma_threshold:
+    r = rectification_factor(rho, rho_inf(b2))
+    eps_eff = eps / math.sqrt(bias_correction(b2, t)) if torch_rectified_eps else eps
+    return r * m_hat / (np.sqrt(s_hat) + eps_eff), new_state
+  if degenerate_to_sgd:
+    return m_hat, new_state
+  return np.zeros_like(m_hat), new_state
+
+
+# ---------------------------------------------------------------------------
+# Stateful oracles over a flat list of leaves.
+# ---------------------------------------------------------------------------
+
+
+class BeliefOracle:
+  """The float64 model of ``scale_by_belief`` over a flat list of leaves.
+
+  Each call to :meth:`direction` advances the step count ``t`` by one and
+  returns ``u_t`` for every leaf (see :func:`leaf_direction`).
+
+  Attributes:
+    states: One :class:`LeafState` per leaf.
+    count: The number of steps taken so far (``t - 1`` before a call).
+    hyper: The keyword hyperparameters passed to :func:`leaf_direction`.
+  """
+
+  def __init__(
+      self,
+      leaves: Sequence[np.ndarray],
+      *,
+      b1: float = 0.9,
+      b2: float = 0.999,
+      eps: float = 1e-16,
+      eps_root: float = 1e-16,
+      amsgrad: bool = False,
+      rectify: bool = False,
+      sma_threshold: float = 5.0,
+      degenerate_to_sgd: bool = True,
+      nesterov: bool = False,
+      torch_rectified_eps: bool = False,
+  ) -> None:
+    """Zero state for ``leaves``.
+
+    Args:
+      leaves: Arrays that give the shape and real/complex kind of each leaf.
+      b1, b2, eps, eps_root, amsgrad, rectify, sma_threshold,
+      degenerate_to_sgd, nesterov, torch_rectified_eps: As in
+        :func:`leaf_direction`.
+    """
+    self.states: list[LeafState] = [LeafState.zeros_like(x) for x in leaves]
+    self.count: int = 0
+    self.hyper: dict[str, float | bool] = dict(
+        b1=float(b1), b2=float(b2), eps=float(eps), eps_root=float(eps_root),
+        amsgrad=bool(amsgrad), rectify=bool(rectify),
+        sma_threshold=float(sma_threshold),
+        degenerate_to_sgd=bool(degenerate_to_sgd), nesterov=bool(nesterov),
+        torch_rectified_eps=bool(torch_rectified_eps))
+
+  def direction(self, grads: Sequence[np.ndarray]) -> Leaves:
+    """Takes one step and returns ``u_t`` for each leaf.
+
+    Args:
+      grads: One gradient per leaf, in the constructor's order.
+
+    Returns:
+      ``u_t`` per leaf (float64 or complex128).
+    """
+    if len(grads) != len(self.states):
+      raise ValueError(f'expected {len(self.states)} leaves, got {len(grads)}')
+    t = self.count + 1
+    out: Leaves = []
+    new_states: list[LeafState] = []
+    for state, g in zip(self.states, grads):
+      u, ns = leaf_direction(state, g, t, **self.hyper)
+      out.append(u)
+      new_states.append(ns)
+    self.states = new_states
+    self.count = t
+    return out
+
+
+class AdaBeliefOracle:
+  """The float64 model of the full ``adabelief`` optimizer step.
+
+  For each leaf ``p`` with gradient ``g``, at update index ``k = t - 1``, with
+  ``lr = lr(k)`` and ``wd = wd(k)`` (``wd = 0`` on masked-out leaves)::
+
+      'decoupled': delta = -lr * (u_t + wd * p)
+      'fixed':     delta = -lr * u_t - wd * p
+      'l2':        g <- g + wd * p  (before the moments);  delta = -lr * u_t
+
+  and ``p_new = p + delta``.
+
+  Attributes:
+    belief: The :class:`BeliefOracle` that produces ``u_t``.
+    learning_rate: A constant or a schedule ``f(k)``.
+    weight_decay: A constant or a schedule ``f(k)``.
+    weight_decay_mode: ``'decoupled'``, ``'fixed'`` or ``'l2'``.
+    weight_decay_mask: One bool per leaf (True = decayed), or ``None`` (all).
+  """
+
+  def __init__(
+      self,
+      params: Sequence[np.ndarray],
+      *,
+      learning_rate: ScalarOrSchedule = 1e-3,
+      weight_decay: ScalarOrSchedule = 0.0,
+      weight_decay_mode: str = 'decoupled',
+      weight_decay_mask: Sequence[bool] | None = None,
+      b1: float = 0.9,
+      b2: float = 0.999,
+      eps: float = 1e-16,
+      eps_root: float = 1e-16,
+      amsgrad: bool = False,
+      rectify: bool = False,
+      sma_threshold: float = 5.0,
+      degenerate_to_sgd: bool = True,
+      nesterov: bool = False,
+      torch_rectified_eps: bool = False,
+  ) -> None:
+    """Zero state for ``params``.
+
+    Args:
+      params: The initial parameter leaves (for shapes and kinds).
+      learning_rate: A constant or a schedule of ``k = t - 1``.
+      weight_decay: A constant or a schedule of ``k = t - 1``.
+      weight_decay_mode: ``'decoupled'``, ``'fixed'`` or ``'l2'``.
+      weight_decay_mask: One bool per leaf, or ``None`` to decay every leaf.
+      b1, b2, eps, eps_root, amsgrad, rectify, sma_threshold,
+      degenerate_to_sgd, nesterov, torch_rectified_eps: As in
+        :func:`leaf_direction`.
+    """
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
+      raise ValueError(f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, '
+                       f'got {weight_decay_mode!r}')
+    if weight_decay_mask is not None and len(weight_decay_mask) != len(params):
+      raise ValueError(f'mask has {len(weight_decay_mask)} entries for '
+                       f'{len(params)} leaves')
+    self.belief = BeliefOracle(
+        params, b1=b1, b2=b2, eps=eps, eps_root=eps_root, amsgrad=amsgrad,
+        rectify=rectify, sma_threshold=sma_threshold,
+        degenerate_to_sgd=degenerate_to_sgd, nesterov=nesterov,
+        torch_rectified_eps=torch_rectified_eps)
+    self.learning_rate = learning_rate
+    self.weight_decay = weight_decay
+    self.weight_decay_mode = weight_decay_mode
+    self.weight_decay_mask: list[bool] = (
+        [True] * len(params) if weight_decay_mask is None
+        else [bool(b) for b in weight_decay_mask])
+
+  @property
+  def count(self) -> int:
+    """The number of updates taken so far."""
+    return self.belief.count
+
+  def step(self, params: Sequence[np.ndarray],
+           grads: Sequence[np.ndarray]) -> tuple[Leaves, Leaves]:
+    """Takes one optimizer step.
+
+    Args:
+      params: The current parameter leaves.
+      grads: One gradient per leaf.
+
+    Returns:
+      ``(new_params, deltas)``, where ``new_params[i] = params[i] + deltas[i]``
+      (float64 or complex128).
+    """
+    if len(params) != len(grads):
+      raise ValueError(f'{len(params)} params but {len(grads)} grads')
+    k = self.count
+    lr = resolve(self.learning_rate, k)
+    wd = resolve(self.weight_decay, k)
+    ps = [as_float64(p) for p in params]
+    gs = [as_float64(g) for g in grads]
+    wds = [wd if keep else 0.0 for keep in self.weight_decay_mask]
+
+    if self.weight_decay_mode == 'l2':
+      gs = [g + w * p for g, w, p in zip(gs, wds, ps)]
+    us = self.belief.direction(gs)
+
+    if self.weight_decay_mode == 'decoupled':
+      deltas = [-lr * (u + w * p) for u, w, p in zip(us, wds, ps)]
+    elif self.weight_decay_mode == 'fixed':
+      deltas = [-lr * u - w * p for u, w, p in zip(us, wds, ps)]
+    else:  # 'l2'
+      deltas = [-lr * u for u in us]
+    new_params = [p + d for p, d in zip(ps, deltas)]
+    return new_params, deltas
+
+
+# ---------------------------------------------------------------------------
+# Trajectory helpers.
+# ---------------------------------------------------------------------------
+
+
+def run_directions(leaves: Sequence[np.ndarray],
+                   grads: Sequence[Sequence[np.ndarray]],
+                   **belief_kwargs: float | bool) -> list[Leaves]:
+  """Feeds a gradient sequence to a fresh :class:`BeliefOracle`.
+
+  Args:
+    leaves: Arrays that give the shape and kind of each leaf.
+    grads: ``grads[k]`` is the list of gradient leaves at step ``k + 1``.
+    **belief_kwargs: Hyperparameters for :class:`BeliefOracle`.
+
+  Returns:
+    ``out[k]`` is ``u_{k+1}`` per leaf.
+  """
+  oracle = BeliefOracle(leaves, **belief_kwargs)
+  return [oracle.direction(g) for g in grads]
+
+
+def run_trajectory(params0: Sequence[np.ndarray],
+                   grads: Sequence[Sequence[np.ndarray]],
+                   **opt_kwargs: object) -> list[Leaves]:
+  """Runs the full optimizer on a fixed gradient sequence.
+
+  The gradients do not depend on the parameters.
+
+  Args:
+    params0: The initial parameter leaves.
+    grads: ``grads[k]`` is the list of gradient leaves for update ``k``.
+    **opt_kwargs: Keyword arguments for :class:`AdaBeliefOracle`.
+
+  Returns:
+    ``traj`` with ``len(traj) == len(grads)``, where ``traj[k]`` is the params
+    after ``k + 1`` updates. The initial params are *not* included.
+  """
+  opt = AdaBeliefOracle(params0, **opt_kwargs)  # type: ignore[arg-type]
+  params = [as_float64(p) for p in params0]
+  traj: list[Leaves] = []
+  for g in grads:
+    params, _ = opt.step(params, g)
+    traj.append(params)
+  return traj
+
+
+def run_trajectory_fn(params0: Sequence[np.ndarray],
+                      grad_fn: Callable[[Leaves], Sequence[np.ndarray]],
+                      steps: int,
+                      **opt_kwargs: object) -> list[Leaves]:
+  """Runs the full optimizer with gradients computed from the current params.
+
+  Args:
+    params0: The initial parameter leaves.
+    grad_fn: Maps the current float64 params (a list of leaves) to the
+      gradient leaves.
+    steps: The number of updates.
+    **opt_kwargs: Keyword arguments for :class:`AdaBeliefOracle`.
+
+  Returns:
+    ``traj`` with ``len(traj) == steps``, where ``traj[k]`` is the params after
+    ``k + 1`` updates. The initial params are *not* included.
+  """
+  opt = AdaBeliefOracle(params0, **opt_kwargs)  # type: ignore[arg-type]
+  params = [as_float64(p) for p in params0]
+  traj: list[Leaves] = []
+  for _ in range(steps):
+    params, _ = opt.step(params, grad_fn(params))
+    traj.append(params)
+  return traj
+
+
+run_optimizer = run_trajectory_fn
+"""An alias of :func:`run_trajectory_fn`."""
