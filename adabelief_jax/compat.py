@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from adabelief_jax import _checks
@@ -66,5 +68,86 @@ def adabelief_pytorch(
           amsgrad=amsgrad and not rectify, rectify=rectify, sma_threshold=5.0,
           degenerate_to_sgd=degenerated_to_sgd, nesterov=False,
           mu_dtype=None, nu_dtype=None, torch_rectified_eps=True,
+      ),
+  )
+
+
+def _tf_learning_rate(
+    learning_rate: float, total_steps: int, warmup_proportion: float, min_lr: float
+) -> optax.ScalarOrSchedule:
+  """adabelief-tf's built-in schedule: linear warm-up, then linear decay to min_lr."""
+  if total_steps <= 0:
+    return learning_rate
+  _checks.check_scalar(
+      'warmup_proportion', warmup_proportion, lambda v: 0.0 < v <= 1.0,
+      'in (0, 1] when total_steps > 0',
+  )
+  warmup_steps = total_steps * warmup_proportion
+  decay_steps = max(total_steps - warmup_steps, 1.0)
+  decay_rate = (min_lr - learning_rate) / decay_steps
+
+  def schedule(count: jax.Array) -> jax.Array:
+    t = count + 1.0  # The reference counts steps from 1, optax from 0.
+    return jnp.where(
+        t <= warmup_steps,
+        learning_rate * t / warmup_steps,
+        learning_rate
+        + decay_rate * jnp.minimum(t - warmup_steps, decay_steps),
+    )
+
+  return schedule
+
+
+def adabelief_tf(
+    learning_rate: float = 1e-3,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-14,
+    weight_decay: float = 0.0,
+    rectify: bool = True,
+    amsgrad: bool = False,
+    sma_threshold: float = 5.0,
+    total_steps: int = 0,
+    warmup_proportion: float = 0.1,
+    min_lr: float = 0.0,
+) -> optax.GradientTransformation:
+  r"""``adabelief_tf.AdaBeliefOptimizer`` (version 0.2.1), argument for argument.
+
+  The TensorFlow reference follows the paper's form exactly: ``epsilon`` is
+  added to ``s`` every step and to the bias-corrected :math:`\sqrt{\hat s_t}`;
+  weight decay is decoupled and scaled by the learning rate; rectified steps
+  before ``sma_threshold`` are momentum-SGD steps. With ``total_steps > 0`` the
+  learning rate warms up linearly over ``warmup_proportion * total_steps``
+  steps, then decays linearly to ``min_lr`` at ``total_steps``.
+
+  Args:
+    learning_rate: the peak learning rate (a number).
+    beta_1: decay of the first moment.
+    beta_2: decay of the second moment.
+    epsilon: the reference's single epsilon (default 1e-14).
+    weight_decay: decoupled decay, multiplied by the learning rate.
+    rectify: RAdam's rectification.
+    amsgrad: keep and use the running maximum of ``s``.
+    sma_threshold: the rectification threshold.
+    total_steps: length of the built-in warm-up/decay schedule (0: none).
+    warmup_proportion: the warm-up's share of ``total_steps``.
+    min_lr: the learning rate at ``total_steps``.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  _checks.check_nonnegative('learning_rate', learning_rate)
+  _checks.check_decay('beta_1', beta_1)
+  _checks.check_decay('beta_2', beta_2)
+  _checks.check_nonnegative('epsilon', epsilon)
+  _checks.check_nonnegative('min_lr', min_lr)
+  return _chain(
+      _tf_learning_rate(learning_rate, total_steps, warmup_proportion, min_lr),
+      weight_decay, None, 'decoupled',
+      _scale_by_belief(
+          beta_1, beta_2, epsilon, epsilon,
+          amsgrad=amsgrad, rectify=rectify, sma_threshold=sma_threshold,
+          degenerate_to_sgd=True, nesterov=False,
+          mu_dtype=None, nu_dtype=None, torch_rectified_eps=False,
       ),
   )
