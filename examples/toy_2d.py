@@ -1,0 +1,448 @@
+"""Toy 2-D problems: SGD, Adam and AdaBelief from the same start (paper, Fig. 3).
+
+The AdaBelief paper illustrates its first claim -- it converges as fast as
+Adam -- on five 2-D functions: three that separate the cases of its Fig. 1
+(a large gradient with small curvature, where Adam steps too little, and a
+large gradient with large curvature) and two classic test functions:
+
+    |x| + |y|                   optimum (0, 0)
+    |x + y| + |x - y| / 10      optimum (0, 0)
+    (x + y)^2 + (x - y)^2 / 10  optimum (0, 0)
+    Beale                       optimum (3, 0.5)
+    Rosenbrock                  optimum (1, 1)
+
+Each optimizer starts from the same point and runs ``--steps`` steps; a whole
+trajectory is one ``jax.lax.scan``, vmapped over learning rates and starting
+points, so the full run takes seconds. Two comparisons are reported:
+
+* **shared lr** (the paper's setting): every optimizer uses ``--lr``;
+* **tuned lr** (fair to each): every optimizer gets its best learning rate
+  from the same grid ``--lrs`` (same budget: one run per grid point), the best
+  being the one that reaches the tolerance from the most starts, then in the
+  fewest (median) steps, then closest.
+
+"Steps to reach" is the first step from which the Euclidean distance to the
+optimum stays <= ``--tol`` (1e-3) until the end of the run (a trajectory that
+passes close and leaves again has not reached it); the final distance is
+reported too. Seed 0 is
+the canonical start; seed k > 0 perturbs it by N(0, 0.25^2) per coordinate
+(NumPy generator seeded with k), and the table gives medians over seeds::
+
+    python examples/toy_2d.py                       # a few seconds
+    python examples/toy_2d.py --steps 20000 --seeds 10 --lr 1e-2
+
+Optimizers: SGD with momentum 0.9 (``optax.sgd``), Adam (``optax.adam``,
+betas (0.9, 0.999), eps 1e-8) and AdaBelief (``adabelief_jax.adabelief``,
+betas (0.9, 0.999), eps = eps_root = 1e-16, the library defaults). Writes
+``results.md``, ``results.json``, ``trajectories.png`` (contour plots with the
+three trajectories from the canonical start) and ``distance.png`` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import _common
+import adabelief_jax
+
+
+class Problem(NamedTuple):
+  label: str
+  f: Callable[[jax.Array], jax.Array]  # f(p) with p = (x, y) (arrays allowed).
+  start: tuple[float, float]
+  optimum: tuple[float, float]
+  box: tuple[float, float, float, float]  # xmin, xmax, ymin, ymax for plots.
+
+
+def _abs(p):
+  x, y = p
+  return jnp.abs(x) + jnp.abs(y)
+
+
+def _abs_rotated(p):
+  x, y = p
+  return jnp.abs(x + y) + jnp.abs(x - y) / 10
+
+
+def _quadratic(p):
+  x, y = p
+  return (x + y) ** 2 + (x - y) ** 2 / 10
+
+
+def _beale(p):
+  x, y = p
+  return ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y ** 2) ** 2
+          + (2.625 - x + x * y ** 3) ** 2)
+
+
+def _rosenbrock(p):
+  x, y = p
+  return (1 - x) ** 2 + 100 * (y - x ** 2) ** 2
+
+
+PROBLEMS: dict[str, Problem] = {
+    'abs': Problem('|x| + |y|', _abs, (-2.5, 1.0), (0.0, 0.0),
+                   (-3.0, 3.0, -3.0, 3.0)),
+    'abs_rotated': Problem('|x+y| + |x-y|/10', _abs_rotated, (2.5, 0.5),
+                           (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)),
+    'quadratic': Problem('(x+y)^2 + (x-y)^2/10', _quadratic, (2.5, 0.5),
+                         (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)),
+    'beale': Problem('Beale', _beale, (1.0, 1.5), (3.0, 0.5),
+                     (-0.5, 4.0, -1.0, 2.5)),
+    'rosenbrock': Problem('Rosenbrock', _rosenbrock, (-1.2, 1.0), (1.0, 1.0),
+                          (-2.0, 2.0, -1.0, 3.0)),
+}
+
+OPTIMIZERS: dict[str, Callable[[jax.Array], optax.GradientTransformation]] = {
+    'sgd': lambda lr: optax.sgd(lr, momentum=0.9),
+    'adam': lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8),
+    'adabelief': lambda lr: adabelief_jax.adabelief(
+        lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16),
+}
+
+COLORS = {'sgd': 'tab:green', 'adam': 'tab:blue', 'adabelief': 'tab:red'}
+STYLES = {'sgd': '-', 'adam': '--', 'adabelief': '-'}
+DEFAULT_LRS = '1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1'
+
+
+# ----------------------------------------------------------------------------
+# Trajectories.
+
+
+def trajectories(problem: Problem, optimizer: str, lrs: np.ndarray,
+                 starts: np.ndarray, steps: int) -> np.ndarray:
+  """Points visited, shape (len(lrs), len(starts), steps + 1, 2), float32.
+
+  One ``lax.scan`` per trajectory, vmapped over starts and learning rates;
+  the learning rate is a traced argument, so the grid compiles once.
+  """
+  make_tx = OPTIMIZERS[optimizer]
+  grad = jax.grad(problem.f)
+
+  def run(lr, p0):
+    tx = make_tx(lr)
+
+    def step(carry, _):
+      p, state = carry
+      updates, state = tx.update(grad(p), state, p)
+      p = optax.apply_updates(p, updates)
+      return (p, state), p
+
+    _, path = jax.lax.scan(step, (p0, tx.init(p0)), None, length=steps)
+    return jnp.concatenate([p0[None], path])
+
+  batched = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0)),
+                             in_axes=(0, None)))
+  return np.asarray(batched(jnp.asarray(lrs, jnp.float32),
+                            jnp.asarray(starts, jnp.float32)))
+
+
+def distances(paths: np.ndarray, optimum: Sequence[float]) -> np.ndarray:
+  """Euclidean distance to the optimum per point; inf where it diverged."""
+  d = np.linalg.norm(paths.astype(np.float64) - np.asarray(optimum), axis=-1)
+  return np.where(np.isfinite(d), d, np.inf)
+
+
+def settle_step(dist: np.ndarray, tol: float) -> np.ndarray:
+  """First step from which dist <= tol until the end (last axis); inf if none.
+
+  Stricter than the first visit: a trajectory that passes near the optimum
+  and leaves again does not count until it comes back for good.
+  """
+  ok = dist <= tol
+  # stays[t]: ok at every step >= t.
+  stays = np.flip(np.logical_and.accumulate(np.flip(ok, -1), axis=-1), -1)
+  return np.where(stays[..., -1], stays.argmax(-1), np.inf)
+
+
+def starts_for(problem: Problem, seeds: int) -> np.ndarray:
+  """Seed 0: the canonical start; seed k: it plus N(0, 0.25^2) noise."""
+  points = [np.asarray(problem.start, np.float64)]
+  for seed in range(1, seeds):
+    rng = np.random.default_rng(seed)
+    points.append(points[0] + rng.normal(0.0, 0.25, size=2))
+  return np.stack(points)
+
+
+class Stats(NamedTuple):
+  lr: float
+  steps: np.ndarray   # (seeds,) step from which within tol, inf if never.
+  final: np.ndarray   # (seeds,) final distance (inf if diverged).
+
+  @property
+  def reached(self) -> int:
+    return int(np.isfinite(self.steps).sum())
+
+  def median_steps(self) -> float:
+    return float(np.median(self.steps))
+
+  def median_final(self) -> float:
+    return float(np.median(self.final))
+
+  def key(self) -> tuple:
+    """Sort key: most starts reached, then fewest steps, then closest."""
+    return (-self.reached, self.median_steps(), self.median_final())
+
+  def steps_text(self) -> str:
+    n = len(self.steps)
+    median = self.median_steps()
+    text = f'{median:.0f}' if np.isfinite(median) else 'not reached'
+    if n > 1 and self.reached < n:
+      text += f' ({self.reached}/{n} reached)'
+    return text
+
+  def to_json(self) -> dict:
+    return {'lr': self.lr, 'steps': self.steps, 'final_distance': self.final,
+            'reached': self.reached, 'median_steps': self.median_steps(),
+            'median_final_distance': self.median_final()}
+
+
+# ----------------------------------------------------------------------------
+# Plots.
+
+
+def _contour(ax, problem: Problem) -> None:
+  x0, x1, y0, y1 = problem.box
+  xs, ys = np.meshgrid(np.linspace(x0, x1, 241), np.linspace(y0, y1, 241))
+  z = np.asarray(problem.f((jnp.asarray(xs), jnp.asarray(ys))), np.float64)
+  z = np.log10(z - float(problem.f(jnp.asarray(problem.optimum))) + 1e-3)
+  ax.contourf(xs, ys, z, levels=30, cmap='Greys', alpha=0.55)
+  ax.contour(xs, ys, z, levels=15, colors='grey', linewidths=0.4, alpha=0.6)
+  ax.plot(*problem.optimum, marker='*', color='gold', markersize=13,
+          markeredgecolor='black', zorder=5)
+  ax.set_xlim(x0, x1)
+  ax.set_ylim(y0, y1)
+  ax.set_aspect('equal', adjustable='box')
+
+
+def plot_trajectories(path: str, results: dict, steps: int) -> str:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  names = list(results)
+  fig = Figure(figsize=(3.1 * len(names), 6.4), layout='constrained')
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(2, len(names), squeeze=False)
+  for col, name in enumerate(names):
+    problem = PROBLEMS[name]
+    for row, which in enumerate(('shared', 'tuned')):
+      ax = axes[row, col]
+      _contour(ax, problem)
+      for opt, entry in results[name]['optimizers'].items():
+        stats, path_xy = entry[which], entry[f'{which}_path']
+        ax.plot(path_xy[:, 0], path_xy[:, 1], color=COLORS.get(opt), lw=1.2,
+                ls=STYLES.get(opt, '-'), label=f'{opt} (lr {stats.lr:g})',
+                alpha=0.9)
+        for t, marker in ((100, 'o'), (1000, 'X')):  # Speed along the path.
+          if t < len(path_xy):
+            ax.plot(*path_xy[t], marker=marker, ms=5, color=COLORS.get(opt),
+                    markeredgecolor='black', markeredgewidth=0.4, zorder=4)
+      ax.plot(*problem.start, marker='s', ms=5, color='black')
+      ax.legend(fontsize=6.5, loc='best', framealpha=0.8)
+      if row == 0:
+        ax.set_title(problem.label, fontsize=10)
+      ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel('shared lr', fontsize=10)
+    axes[1, 0].set_ylabel('tuned lr (best of grid)', fontsize=10)
+  fig.suptitle(f'{steps} steps from the same start (black square); star: '
+               'optimum; o / X: position after 100 / 1000 steps', fontsize=10)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  return path
+
+
+def plot_distances(path: str, results: dict, tol: float) -> str:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  names = list(results)
+  fig = Figure(figsize=(3.1 * len(names), 2.9), layout='constrained')
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, len(names), squeeze=False)[0]
+  for ax, name in zip(axes, names):
+    for opt, entry in results[name]['optimizers'].items():
+      d = entry['tuned_dist']
+      ax.plot(np.arange(1, len(d) + 1), np.maximum(d, 1e-8),
+              color=COLORS.get(opt), lw=1.0, ls=STYLES.get(opt, '-'),
+              label=f'{opt} (lr {entry["tuned"].lr:g})')
+    ax.axhline(tol, color='black', ls=':', lw=0.8)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_ylim(1e-8, None)
+    ax.set_title(PROBLEMS[name].label, fontsize=10)
+    ax.set_xlabel('step + 1', fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6.5)
+  axes[0].set_ylabel('distance to optimum', fontsize=8)
+  fig.suptitle('Tuned lr, canonical start; dotted: tolerance; '
+               'distances below 1e-8 drawn at 1e-8', fontsize=10)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Main.
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--steps', type=int, default=10000,
+                      help='optimizer steps per trajectory (default: %(default)s)')
+  parser.add_argument('--seeds', type=int, default=5,
+                      help='starting points per problem: seed 0 is the '
+                           'canonical start, others perturb it '
+                           '(default: %(default)s)')
+  parser.add_argument('--lr', type=float, default=1e-3,
+                      help='the shared learning rate (default: %(default)s)')
+  parser.add_argument('--lrs', type=_common.comma_list(), default=DEFAULT_LRS,
+                      help='learning-rate grid for the tuned comparison '
+                           '(default: %(default)s)')
+  parser.add_argument('--tol', type=float, default=1e-3,
+                      help='distance to the optimum that counts as reached '
+                           '(default: %(default)s)')
+  parser.add_argument('--problems', type=_common.comma_list(PROBLEMS),
+                      default=list(PROBLEMS),
+                      help='comma-separated subset of: ' + ','.join(PROBLEMS))
+  parser.add_argument('--optimizers', type=_common.comma_list(OPTIMIZERS),
+                      default=list(OPTIMIZERS),
+                      help='comma-separated subset of: ' + ','.join(OPTIMIZERS))
+  parser.add_argument('--out', default=os.path.join('results', 'toy_2d'),
+                      help='output directory (default: %(default)s)')
+  parser.add_argument('--no-progress', action='store_true',
+                      help='hide the progress bar')
+  args = parser.parse_args(argv)
+  if isinstance(args.lrs, str):  # The default is not parsed by argparse.
+    args.lrs = _common.comma_list()(args.lrs)
+  try:
+    args.lrs = sorted({float(v) for v in args.lrs} | {args.lr})
+  except ValueError as error:
+    raise SystemExit(f'--lrs: {error}') from error
+  if min(args.lrs) <= 0 or args.tol <= 0:
+    raise SystemExit('learning rates and --tol must be > 0')
+  _common.check_positive(args, 'steps', 'seeds')
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args = parse_args(argv)
+  lrs = np.asarray(args.lrs, np.float64)
+  shared_index = int(np.argmin(np.abs(lrs - args.lr)))
+  print(f'toy 2-D: {len(args.problems)} problems x {len(args.optimizers)} '
+        f'optimizers x {len(lrs)} learning rates x {args.seeds} start(s), '
+        f'{args.steps} steps, tolerance {args.tol:g}')
+
+  results: dict = {}
+  start_time = time.perf_counter()
+  total = len(args.problems) * len(args.optimizers)
+  with tqdm(total=total, unit='run', disable=args.no_progress) as progress:
+    for name in args.problems:
+      problem = PROBLEMS[name]
+      starts = starts_for(problem, args.seeds)
+      results[name] = {'starts': starts, 'optimizers': {}}
+      for opt in args.optimizers:
+        progress.set_description(f'{name} {opt}')
+        paths = trajectories(problem, opt, lrs, starts, args.steps)
+        dist = distances(paths, problem.optimum)            # (lr, seed, t)
+        hits = settle_step(dist, args.tol)                    # (lr, seed)
+        grid = [Stats(float(lr), hits[i], dist[i, :, -1])
+                for i, lr in enumerate(lrs)]
+        best = min(range(len(lrs)), key=lambda i: grid[i].key())
+        results[name]['optimizers'][opt] = {
+            'shared': grid[shared_index], 'tuned': grid[best], 'grid': grid,
+            'shared_path': paths[shared_index, 0],
+            'tuned_path': paths[best, 0], 'tuned_dist': dist[best, 0]}
+        progress.update()
+  wall = time.perf_counter() - start_time
+
+  rows = []
+  for name, entry in results.items():
+    for opt, r in entry['optimizers'].items():
+      rows.append({
+          'function': PROBLEMS[name].label,
+          'optimizer': opt,
+          f'steps to {args.tol:g} (lr {args.lr:g})': r['shared'].steps_text(),
+          f'final dist (lr {args.lr:g})': f"{r['shared'].median_final():.2g}",
+          'best lr': f"{r['tuned'].lr:g}",
+          'steps (best lr)': r['tuned'].steps_text(),
+          'final dist (best lr)': f"{r['tuned'].median_final():.2g}",
+      })
+  table = _common.markdown_table(rows)
+
+  def faster(which: str) -> tuple[int, int]:
+    """(#problems where AdaBelief reaches no later than Adam, #compared)."""
+    wins = n = 0
+    for entry in results.values():
+      opts = entry['optimizers']
+      if 'adabelief' in opts and 'adam' in opts:
+        n += 1
+        wins += opts['adabelief'][which].key()[:2] <= opts['adam'][which].key()[:2]
+    return wins, n
+
+  summary_lines = []
+  for which, text in (('shared', f'shared lr {args.lr:g}'),
+                      ('tuned', 'tuned lr')):
+    wins, n = faster(which)
+    if n:
+      summary_lines.append(
+          f'AdaBelief reaches the tolerance from at least as many starts and '
+          f'no later (median) than Adam on {wins}/{n} functions ({text}).')
+  summary = '\n'.join(summary_lines)
+  print('\n' + table + ('\n\n' + summary if summary else ''))
+
+  traj_path = plot_trajectories(os.path.join(args.out, 'trajectories.png'),
+                                results, args.steps)
+  dist_path = plot_distances(os.path.join(args.out, 'distance.png'), results,
+                             args.tol)
+  seeds_text = (f'medians over {args.seeds} starts (seed 0 canonical, others '
+                'perturbed by N(0, 0.25^2))' if args.seeds > 1
+                else 'the canonical start')
+  notes = (
+      f'{args.steps} steps per run; steps = first step from which the '
+      f'iterate stays within {args.tol:g} (Euclidean) of the optimum until the '
+      f'end of the run, {seeds_text}. "lr {args.lr:g}" is the '
+      'shared learning rate of the paper-style comparison; "best lr" is each '
+      f'optimizer\'s best of the same grid {[float(v) for v in lrs]} (most '
+      'starts reached, then fewest steps, then final distance). SGD: momentum '
+      '0.9; Adam: eps 1e-8; AdaBelief: eps = eps_root = 1e-16; betas (0.9, '
+      f'0.999) for both. Wall time {wall:.1f} s.\n\n' + summary +
+      f'\n\n![trajectories]({os.path.basename(traj_path)})\n\n'
+      f'![distance]({os.path.basename(dist_path)})')
+  data = {
+      'config': vars(args),
+      'environment': _common.environment(),
+      'wall_time_s': wall,
+      'summary': summary_lines,
+      'results': {
+          name: {
+              'function': PROBLEMS[name].label,
+              'optimum': PROBLEMS[name].optimum,
+              'starts': entry['starts'],
+              'optimizers': {
+                  opt: {'shared': r['shared'].to_json(),
+                        'tuned': r['tuned'].to_json(),
+                        'grid': [s.to_json() for s in r['grid']]}
+                  for opt, r in entry['optimizers'].items()},
+          } for name, entry in results.items()},
+  }
+  md_path, json_path = _common.write_results(
+      args.out, title='Toy 2-D problems: SGD vs. Adam vs. AdaBelief',
+      table=table, notes=notes, data=data)
+  print(f'\nwrote {md_path}, {json_path}, {traj_path}, {dist_path}')
+  return data
+
+
+if __name__ == '__main__':
+  main()
