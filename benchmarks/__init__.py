@@ -1,0 +1,12 @@
+"""Benchmarks of adabelief_jax against optax and the PyTorch references.
+
+Each module runs as ``python -m benchmarks.<name>`` (or ``python
+benchmarks/<name>.py``) and exposes ``main(argv) -> dict`` for in-process use:
+
+* :mod:`benchmarks.step_time`: median ms per donated, jitted optimizer step,
+  interleaved with optax, PyTorch and a memory-bandwidth floor.
+* :mod:`benchmarks.memory`: XLA's memory analysis of one donated step, state
+  bytes per parameter, and compile time against the number of leaves.
+* :mod:`benchmarks.scaling`: step time against parameter count and leaf count,
+  with plots.
+"""
