@@ -58,3 +58,15 @@ def leaves64(tree: Any) -> list[np.ndarray]:
   """The leaves of ``tree`` as float64 (complex128) NumPy arrays, for the oracle."""
   return [np.asarray(x).astype(np.complex128 if np.iscomplexobj(x) else np.float64)
           for x in jax.tree.leaves(tree)]
+
+
+def json_numbers(tree: Any):
+  """Every number in a JSON tree (bools excluded)."""
+  if isinstance(tree, dict):
+    for value in tree.values():
+      yield from json_numbers(value)
+  elif isinstance(tree, list):
+    for value in tree:
+      yield from json_numbers(value)
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    yield tree

@@ -15,21 +15,11 @@ import sys
 
 import pytest
 
+from tests.helpers import json_numbers
+
 from benchmarks import _harness, memory, scaling, step_time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _numbers(tree):
-  """Every number in a JSON tree (bools excluded)."""
-  if isinstance(tree, dict):
-    for value in tree.values():
-      yield from _numbers(value)
-  elif isinstance(tree, list):
-    for value in tree:
-      yield from _numbers(value)
-  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-    yield tree
 
 
 def _table_cells(text: str, headers: str) -> list[list[str]]:
@@ -107,7 +97,7 @@ def test_step_time(tmp_path, capsys):
                            'effective_gb_per_s', 'bytes_per_param',
                            'vs_optax_adam', 'vs_floor'])
     assert all(s > 0 for s in row['samples_ms'])
-  assert all(math.isfinite(x) for x in _numbers(data))
+  assert all(math.isfinite(x) for x in json_numbers(data))
   bytes_per_param = {r['mode']: r['bytes_per_param'] for r in data['results']}
   assert bytes_per_param['adabelief'] == 28
   assert bytes_per_param['floor'] == 28
@@ -130,7 +120,7 @@ def test_memory(tmp_path, capsys):
       '--json', str(out)])
   printed = capsys.readouterr().out
   data = json.loads(out.read_text())
-  assert all(math.isfinite(x) for x in _numbers(data))
+  assert all(math.isfinite(x) for x in json_numbers(data))
   per_param = {(r['mode'], r['state_dtype']): r['state_bytes_per_param']
                for r in data['memory']}
   assert per_param == {
@@ -168,7 +158,7 @@ def test_scaling(tmp_path, capsys):
     assert (out / name).stat().st_size > 0, name
   assert (out / 'scaling_params.png').read_bytes()[:4] == b'\x89PNG'
   data = json.loads((out / 'scaling.json').read_text())
-  assert all(math.isfinite(x) for x in _numbers(data))
+  assert all(math.isfinite(x) for x in json_numbers(data))
   assert len(data['results']) == 2 + 2
   for row in data['results']:
     _assert_positive(row, ['median_ms', 'effective_gb_per_s', 'params',

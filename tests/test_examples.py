@@ -2,41 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / 'examples'
+from tests.helpers import json_numbers
 
-
-@pytest.fixture
-def load_example(monkeypatch):
-  """Imports examples/<name>.py as a module, with examples/ on sys.path for _common."""
-  monkeypatch.syspath_prepend(str(EXAMPLES))
-
-  def load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f'examples_{name}', EXAMPLES / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-  return load
-
-
-def _finite_numbers(tree):
-  """Every number in a JSON tree (bools excluded)."""
-  if isinstance(tree, dict):
-    for value in tree.values():
-      yield from _finite_numbers(value)
-  elif isinstance(tree, list):
-    for value in tree:
-      yield from _finite_numbers(value)
-  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-    yield tree
 
 
 def test_quickstart_smoke(load_example, tmp_path, capsys):
@@ -57,7 +29,7 @@ def test_quickstart_smoke(load_example, tmp_path, capsys):
   results = data['results']
   assert [r['optimizer'] for r in results] == ['adabelief', 'sgd']
   for result in results:
-    assert all(math.isfinite(x) for x in _finite_numbers(result)), result
+    assert all(math.isfinite(x) for x in json_numbers(result)), result
     assert 0.0 <= result['test_acc_mean'] <= 1.0
     assert result['test_acc_std'] == 0.0  # One seed.
     assert result['best_epoch'] == 1

@@ -6,42 +6,15 @@ the tests check the files it writes and that they hold finite numbers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
 
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / 'examples'
+from tests.helpers import json_numbers
+
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-
-
-@pytest.fixture
-def load_example(monkeypatch):
-  """Imports examples/<name>.py as a module, with examples/ on sys.path."""
-  monkeypatch.syspath_prepend(str(EXAMPLES))
-
-  def load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f'examples_{name}', EXAMPLES / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-  return load
-
-
-def _numbers(tree):
-  """Every number in a JSON tree (bools excluded)."""
-  if isinstance(tree, dict):
-    for value in tree.values():
-      yield from _numbers(value)
-  elif isinstance(tree, list):
-    for value in tree:
-      yield from _numbers(value)
-  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-    yield tree
 
 
 def _check_outputs(out: pathlib.Path, pngs: list[str]) -> dict:
@@ -51,7 +24,7 @@ def _check_outputs(out: pathlib.Path, pngs: list[str]) -> dict:
   for name in pngs:
     assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
   data = json.loads((out / 'results.json').read_text())
-  numbers = list(_numbers(data['results']))
+  numbers = list(json_numbers(data['results']))
   assert numbers and all(math.isfinite(x) for x in numbers)
   return data
 
