@@ -387,7 +387,9 @@ def scale_by_belief(
       parameter's dtype.
     nu_dtype: dtype of ``s`` (and its maximum); default float32 for 16-bit
       parameters, else the parameter's (real) dtype. An ``s`` of 1e-16 is zero
-      in float16, which is why half-precision ``s`` is not the default.
+      in float16, which is why half-precision ``s`` is not the default. With
+      a lower-precision state, the step uses ``m_t`` and ``s_t`` as stored
+      (rounded), which lets XLA update the state in place.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByBeliefState`.
