@@ -212,14 +212,14 @@ def _leaf_update(
   copy of the old one alive (measured: 3x faster, no temporary buffer).
   """
   real = jnp.finfo(dtype).dtype
-  g32 = g.astype(dtype)
-  m_new = _stored(c.b1 * m.astype(dtype) + c.one_minus_b1 * g32, m)
-  d = g32 - m_new
+  g_c = g.astype(dtype)  # g in the compute dtype
+  m_new = _stored(c.b1 * m.astype(dtype) + c.one_minus_b1 * g_c, m)
+  d = g_c - m_new
   d2 = d.real * d.real + d.imag * d.imag if jnp.iscomplexobj(d) else d * d
   s_new = _stored(c.b2 * s.astype(real) + (c.one_minus_b2 * d2 + c.eps_root), s)
   if s_max is not None:
     s_max = _stored(jnp.maximum(s_max.astype(real), s_new), s_max)
-  m_hat = c.c_m * m_new + c.c_g * g32 if nesterov else c.c_m * m_new
+  m_hat = c.c_m * m_new + c.c_g * g_c if nesterov else c.c_m * m_new
   u = m_hat * c.k / (jnp.sqrt(s_new if s_max is None else s_max) + c.e)
   if rectify:
     u = jnp.where(c.adaptive, u, c.sgd_scale * m_hat)
