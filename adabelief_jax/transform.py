@@ -389,7 +389,8 @@ def scale_by_belief(
       parameters, else the parameter's (real) dtype. An ``s`` of 1e-16 is zero
       in float16, which is why half-precision ``s`` is not the default. With
       a lower-precision state, the step uses ``m_t`` and ``s_t`` as stored
-      (rounded), which lets XLA update the state in place.
+      (rounded), which lets XLA update the state in place. A bfloat16 ``s``
+      is not advised: ``0.999 * s`` rounds back to ``s``, so its decay stalls.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByBeliefState`.
