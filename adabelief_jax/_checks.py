@@ -7,7 +7,8 @@ the optimizer is built; they are left to the caller.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import numpy as np
 
 
 def check_scalar(
-    name: str, value: Any, condition: Callable[[float], bool], requirement: str
+  name: str, value: Any, condition: Callable[[float], bool], requirement: str
 ) -> None:
   """Raises ``ValueError`` when a concrete ``value`` fails ``condition``."""
   if callable(value) or isinstance(value, jax.core.Tracer):
@@ -54,8 +55,8 @@ def check_inexact_leaves(tree: Any, what: str) -> None:
     dtype = leaf.dtype if hasattr(leaf, 'dtype') else jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
-          f'{what} leaf {jax.tree_util.keystr(path) or "<root>"} has dtype '
-          f'{dtype}; AdaBelief needs floating or complex leaves. Keep integer '
-          'and boolean leaves out of the optimized tree, or exclude them with '
-          'optax.masked.'
+        f'{what} leaf {jax.tree_util.keystr(path) or "<root>"} has dtype '
+        f'{dtype}; AdaBelief needs floating or complex leaves. Keep integer '
+        'and boolean leaves out of the optimized tree, or exclude them with '
+        'optax.masked.'
       )

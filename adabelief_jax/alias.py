@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import chex
 import optax
@@ -21,51 +22,50 @@ def _negated(value: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
 
 
 def _chain(
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: optax.ScalarOrSchedule,
-    weight_decay_mask: Any,
-    weight_decay_mode: str,
-    belief: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  weight_decay_mask: Any,
+  weight_decay_mode: str,
+  belief: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
   """[l2 decay] -> belief -> [decoupled decay] -> -lr -> [fixed decay]."""
   _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_nonnegative('weight_decay', weight_decay)
   if weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise ValueError(
-        f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got '
-        f'{weight_decay_mode!r}.'
+      f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}.'
     )
   # A fixed decay is subtracted after the learning rate: p -= wd * p.
   decay = optax.add_decayed_weights(
-      _negated(weight_decay) if weight_decay_mode == 'fixed' else weight_decay,
-      weight_decay_mask,
+    _negated(weight_decay) if weight_decay_mode == 'fixed' else weight_decay,
+    weight_decay_mask,
   )
   return optax.chain(
-      *([decay] if weight_decay_mode == 'l2' else []),
-      belief,
-      *([decay] if weight_decay_mode == 'decoupled' else []),
-      optax.scale_by_learning_rate(learning_rate),
-      *([decay] if weight_decay_mode == 'fixed' else []),
+    *([decay] if weight_decay_mode == 'l2' else []),
+    belief,
+    *([decay] if weight_decay_mode == 'decoupled' else []),
+    optax.scale_by_learning_rate(learning_rate),
+    *([decay] if weight_decay_mode == 'fixed' else []),
   )
 
 
 def adabelief(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: chex.Numeric = 0.9,
-    b2: chex.Numeric = 0.999,
-    eps: chex.Numeric = 1e-16,
-    eps_root: chex.Numeric = 1e-16,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
-    *,
-    weight_decay_mode: WeightDecayMode = 'decoupled',
-    amsgrad: bool = False,
-    rectify: bool = False,
-    sma_threshold: chex.Numeric = 5.0,
-    degenerate_to_sgd: bool = True,
-    nesterov: bool = False,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: chex.Numeric = 0.9,
+  b2: chex.Numeric = 0.999,
+  eps: chex.Numeric = 1e-16,
+  eps_root: chex.Numeric = 1e-16,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+  *,
+  weight_decay_mode: WeightDecayMode = 'decoupled',
+  amsgrad: bool = False,
+  rectify: bool = False,
+  sma_threshold: chex.Numeric = 5.0,
+  degenerate_to_sgd: bool = True,
+  nesterov: bool = False,
+  mu_dtype: Any = None,
+  nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The AdaBelief optimizer (Zhuang et al., 2020) with weight decay.
 
@@ -114,11 +114,22 @@ def adabelief(
     >>> params = optax.apply_updates(params, updates)
   """
   return _chain(
-      learning_rate, weight_decay, weight_decay_mask, weight_decay_mode,
-      _scale_by_belief(
-          b1, b2, eps, eps_root,
-          amsgrad=amsgrad, rectify=rectify, sma_threshold=sma_threshold,
-          degenerate_to_sgd=degenerate_to_sgd, nesterov=nesterov,
-          mu_dtype=mu_dtype, nu_dtype=nu_dtype, torch_rectified_eps=False,
-      ),
+    learning_rate,
+    weight_decay,
+    weight_decay_mask,
+    weight_decay_mode,
+    _scale_by_belief(
+      b1,
+      b2,
+      eps,
+      eps_root,
+      amsgrad=amsgrad,
+      rectify=rectify,
+      sma_threshold=sma_threshold,
+      degenerate_to_sgd=degenerate_to_sgd,
+      nesterov=nesterov,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
+      torch_rectified_eps=False,
+    ),
   )

@@ -12,15 +12,15 @@ from adabelief_jax.transform import _scale_by_belief
 
 
 def adabelief_pytorch(
-    lr: optax.ScalarOrSchedule = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-16,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    amsgrad: bool = False,
-    weight_decouple: bool = True,
-    fixed_decay: bool = False,
-    rectify: bool = True,
-    degenerated_to_sgd: bool = True,
+  lr: optax.ScalarOrSchedule = 1e-3,
+  betas: tuple[float, float] = (0.9, 0.999),
+  eps: float = 1e-16,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  amsgrad: bool = False,
+  weight_decouple: bool = True,
+  fixed_decay: bool = False,
+  rectify: bool = True,
+  degenerated_to_sgd: bool = True,
 ) -> optax.GradientTransformation:
   r"""``adabelief_pytorch.AdaBelief`` (version 0.2.1), argument for argument.
 
@@ -62,25 +62,38 @@ def adabelief_pytorch(
   else:
     mode = 'l2'
   return _chain(
-      lr, weight_decay, None, mode,
-      _scale_by_belief(
-          b1, b2, eps, eps,
-          amsgrad=amsgrad and not rectify, rectify=rectify, sma_threshold=5.0,
-          degenerate_to_sgd=degenerated_to_sgd, nesterov=False,
-          mu_dtype=None, nu_dtype=None, torch_rectified_eps=True,
-      ),
+    lr,
+    weight_decay,
+    None,
+    mode,
+    _scale_by_belief(
+      b1,
+      b2,
+      eps,
+      eps,
+      amsgrad=amsgrad and not rectify,
+      rectify=rectify,
+      sma_threshold=5.0,
+      degenerate_to_sgd=degenerated_to_sgd,
+      nesterov=False,
+      mu_dtype=None,
+      nu_dtype=None,
+      torch_rectified_eps=True,
+    ),
   )
 
 
 def _tf_learning_rate(
-    learning_rate: float, total_steps: int, warmup_proportion: float, min_lr: float
+  learning_rate: float, total_steps: int, warmup_proportion: float, min_lr: float
 ) -> optax.ScalarOrSchedule:
   """adabelief-tf's built-in schedule: linear warm-up, then linear decay to min_lr."""
   if total_steps <= 0:
     return learning_rate
   _checks.check_scalar(
-      'warmup_proportion', warmup_proportion, lambda v: 0.0 < v <= 1.0,
-      'in (0, 1] when total_steps > 0',
+    'warmup_proportion',
+    warmup_proportion,
+    lambda v: 0.0 < v <= 1.0,
+    'in (0, 1] when total_steps > 0',
   )
   warmup_steps = total_steps * warmup_proportion
   decay_steps = max(total_steps - warmup_steps, 1.0)
@@ -89,27 +102,26 @@ def _tf_learning_rate(
   def schedule(count: jax.Array) -> jax.Array:
     t = count + 1.0  # The reference counts steps from 1, optax from 0.
     return jnp.where(
-        t <= warmup_steps,
-        learning_rate * t / warmup_steps,
-        learning_rate
-        + decay_rate * jnp.minimum(t - warmup_steps, decay_steps),
+      t <= warmup_steps,
+      learning_rate * t / warmup_steps,
+      learning_rate + decay_rate * jnp.minimum(t - warmup_steps, decay_steps),
     )
 
   return schedule
 
 
 def adabelief_tf(
-    learning_rate: float = 1e-3,
-    beta_1: float = 0.9,
-    beta_2: float = 0.999,
-    epsilon: float = 1e-14,
-    weight_decay: float = 0.0,
-    rectify: bool = True,
-    amsgrad: bool = False,
-    sma_threshold: float = 5.0,
-    total_steps: int = 0,
-    warmup_proportion: float = 0.1,
-    min_lr: float = 0.0,
+  learning_rate: float = 1e-3,
+  beta_1: float = 0.9,
+  beta_2: float = 0.999,
+  epsilon: float = 1e-14,
+  weight_decay: float = 0.0,
+  rectify: bool = True,
+  amsgrad: bool = False,
+  sma_threshold: float = 5.0,
+  total_steps: int = 0,
+  warmup_proportion: float = 0.1,
+  min_lr: float = 0.0,
 ) -> optax.GradientTransformation:
   r"""``adabelief_tf.AdaBeliefOptimizer`` (version 0.2.1), argument for argument.
 
@@ -142,12 +154,22 @@ def adabelief_tf(
   _checks.check_nonnegative('epsilon', epsilon)
   _checks.check_nonnegative('min_lr', min_lr)
   return _chain(
-      _tf_learning_rate(learning_rate, total_steps, warmup_proportion, min_lr),
-      weight_decay, None, 'decoupled',
-      _scale_by_belief(
-          beta_1, beta_2, epsilon, epsilon,
-          amsgrad=amsgrad, rectify=rectify, sma_threshold=sma_threshold,
-          degenerate_to_sgd=True, nesterov=False,
-          mu_dtype=None, nu_dtype=None, torch_rectified_eps=False,
-      ),
+    _tf_learning_rate(learning_rate, total_steps, warmup_proportion, min_lr),
+    weight_decay,
+    None,
+    'decoupled',
+    _scale_by_belief(
+      beta_1,
+      beta_2,
+      epsilon,
+      epsilon,
+      amsgrad=amsgrad,
+      rectify=rectify,
+      sma_threshold=sma_threshold,
+      degenerate_to_sgd=True,
+      nesterov=False,
+      mu_dtype=None,
+      nu_dtype=None,
+      torch_rectified_eps=False,
+    ),
   )

@@ -48,16 +48,16 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    'LeafPlan',
-    'ShardingPlan',
-    'ShardingWarning',
-    'abstract_state',
-    'bytes_per_device',
-    'describe',
-    'init_sharded',
-    'moment_shardings',
-    'state_shardings',
-    'with_sharded_state',
+  'LeafPlan',
+  'ShardingPlan',
+  'ShardingWarning',
+  'abstract_state',
+  'bytes_per_device',
+  'describe',
+  'init_sharded',
+  'moment_shardings',
+  'state_shardings',
+  'with_sharded_state',
 ]
 
 PyTree = Any
@@ -133,22 +133,26 @@ class ShardingPlan:
     return tuple(leaf for leaf in self.leaves if leaf.note)
 
   def __str__(self) -> str:
-    rows = [('state leaf', 'shape', 'dtype', 'param spec', 'state spec',
-             'bytes/device', 'note')]
+    rows = [('state leaf', 'shape', 'dtype', 'param spec', 'state spec', 'bytes/device', 'note')]
     for leaf in self.leaves:
-      rows.append((
-          leaf.path, str(leaf.shape), str(np.dtype(leaf.dtype)),
+      rows.append(
+        (
+          leaf.path,
+          str(leaf.shape),
+          str(np.dtype(leaf.dtype)),
           '-' if leaf.param_spec is None else _spec_str(leaf.param_spec),
-          _spec_str(leaf.spec), str(leaf.bytes_per_device), leaf.note,
-      ))
+          _spec_str(leaf.spec),
+          str(leaf.bytes_per_device),
+          leaf.note,
+        )
+      )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-             for row in rows]
+    lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     axis = f'shard_axis={self.shard_axis!r}' if self.shard_axis else 'no shard_axis'
     lines.append(
-        f'{self.bytes_per_device} bytes per device of {self.nbytes} '
-        f'({self.bytes_per_device / max(self.nbytes, 1):.3f}); {axis}, mesh '
-        f'{dict(self.mesh.shape)}'
+      f'{self.bytes_per_device} bytes per device of {self.nbytes} '
+      f'({self.bytes_per_device / max(self.nbytes, 1):.3f}); {axis}, mesh '
+      f'{dict(self.mesh.shape)}'
     )
     return '\n'.join(lines)
 
@@ -178,27 +182,25 @@ def _resolve_mesh(params: PyTree, mesh: Mesh | None, caller: str) -> Mesh:
   if mesh is not None:
     if not isinstance(mesh, Mesh):
       raise TypeError(
-          f'{caller}: `mesh` must be a jax.sharding.Mesh (e.g. from '
-          f'jax.make_mesh), got {type(mesh).__name__}.'
+        f'{caller}: `mesh` must be a jax.sharding.Mesh (e.g. from '
+        f'jax.make_mesh), got {type(mesh).__name__}.'
       )
     for leaf_mesh, where in found.values():
       if leaf_mesh != mesh:
         raise ValueError(
-            f'{caller}: params{where} is sharded over {leaf_mesh}, not over '
-            f'`mesh`={mesh}. Pass the mesh the params live on (or mesh=None '
-            'to use it), or device_put the params onto `mesh` first.'
+          f'{caller}: params{where} is sharded over {leaf_mesh}, not over '
+          f'`mesh`={mesh}. Pass the mesh the params live on (or mesh=None '
+          'to use it), or device_put the params onto `mesh` first.'
         )
     return mesh
   if not found:
     raise ValueError(
-        f'{caller}: no leaf of `params` carries a NamedSharding, so there is '
-        'no mesh to place the optimizer state on; pass `mesh=`.'
+      f'{caller}: no leaf of `params` carries a NamedSharding, so there is '
+      'no mesh to place the optimizer state on; pass `mesh=`.'
     )
   if len(found) > 1:
     described = '; '.join(f'params{w}: {m}' for m, w in found.values())
-    raise ValueError(
-        f'{caller}: `params` are sharded over more than one mesh ({described}).'
-    )
+    raise ValueError(f'{caller}: `params` are sharded over more than one mesh ({described}).')
   return next(iter(found.values()))[0]
 
 
@@ -208,16 +210,16 @@ def _check_sharding(leaf: Any, path: str, caller: str) -> None:
   if isinstance(sharding, NamedSharding):
     if _PMAP_AXIS in sharding.mesh.axis_names:
       raise TypeError(
-          f'{caller}: params{path} comes from jax.pmap (its leading axis '
-          'indexes devices); with jax.pmap, create the state inside pmap '
-          '(jax.pmap(tx.init)), or place the params on a mesh with '
-          'jax.device_put(x, NamedSharding(mesh, spec)) and use jax.jit.'
+        f'{caller}: params{path} comes from jax.pmap (its leading axis '
+        'indexes devices); with jax.pmap, create the state inside pmap '
+        '(jax.pmap(tx.init)), or place the params on a mesh with '
+        'jax.device_put(x, NamedSharding(mesh, spec)) and use jax.jit.'
       )
   elif sharding is not None and not sharding.is_fully_replicated:
     raise TypeError(
-        f'{caller}: params{path} has a {type(sharding).__name__}, not a '
-        'NamedSharding; place the params on a mesh with jax.device_put(x, '
-        'NamedSharding(mesh, spec)).'
+      f'{caller}: params{path} has a {type(sharding).__name__}, not a '
+      'NamedSharding; place the params on a mesh with jax.device_put(x, '
+      'NamedSharding(mesh, spec)).'
     )
 
 
@@ -248,7 +250,7 @@ def _axes(entry: Any) -> tuple[str, ...]:
 
 
 def _zero_spec(
-    shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh, axis: str
+  shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh, axis: str
 ) -> tuple[PartitionSpec, str]:
   """``spec`` plus ``axis`` on the largest dimension it divides; or a note."""
   entries = _normalized(spec, len(shape))
@@ -269,8 +271,7 @@ def _zero_spec(
       return spec, f'replicated along {axis!r}: a scalar'
     sharded = ' times its existing sharding' if any(entries) else ''
     return spec, (
-        f'replicated along {axis!r}: no dimension of {shape} is divisible by '
-        f'{size}{sharded}'
+      f'replicated along {axis!r}: no dimension of {shape} is divisible by {size}{sharded}'
     )
   dim = best[1]
   entries[dim] = _axes(entries[dim]) + (axis,)
@@ -281,13 +282,13 @@ def _zero_spec(
   return PartitionSpec(*entries), ''
 
 
-def _bytes_per_device(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec,
-                      mesh: Mesh) -> int:
+def _bytes_per_device(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec, mesh: Mesh) -> int:
   entries = _normalized(spec, len(shape))
   local = [
-      -(-n // math.prod(mesh.shape[a] for a in _axes(e)))
-      if e is not PartitionSpec.UNCONSTRAINED else n
-      for n, e in zip(shape, entries)
+    -(-n // math.prod(mesh.shape[a] for a in _axes(e)))
+    if e is not PartitionSpec.UNCONSTRAINED
+    else n
+    for n, e in zip(shape, entries)
   ]
   return math.prod(local) * np.dtype(dtype).itemsize
 
@@ -297,18 +298,18 @@ def _check_shard_axis(shard_axis: Any, mesh: Mesh, caller: str) -> None:
     return
   if not isinstance(shard_axis, str):
     raise TypeError(
-        f'{caller}: `shard_axis` must be the name of one mesh axis (a str) or '
-        f'None, got {shard_axis!r}.'
+      f'{caller}: `shard_axis` must be the name of one mesh axis (a str) or '
+      f'None, got {shard_axis!r}.'
     )
   if shard_axis not in mesh.axis_names:
     raise ValueError(
-        f'{caller}: `shard_axis`={shard_axis!r} is not an axis of the mesh; '
-        f'its axes are {mesh.axis_names}.'
+      f'{caller}: `shard_axis`={shard_axis!r} is not an axis of the mesh; '
+      f'its axes are {mesh.axis_names}.'
     )
 
 
 def _moment_plan(
-    params: PyTree, mesh: Mesh, shard_axis: str | None
+  params: PyTree, mesh: Mesh, shard_axis: str | None
 ) -> tuple[PyTree, PyTree, list[tuple[str, PartitionSpec, str]]]:
   """(param shardings, moment shardings, [(path, param spec, note)]), like params."""
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -320,24 +321,21 @@ def _moment_plan(
     if shard_axis is not None:
       spec, note = _zero_spec(tuple(np.shape(leaf)), spec, mesh, shard_axis)
     param_sh.append(sharding)
-    moment_sh.append(
-        sharding if spec == sharding.spec else sharding.update(spec=spec)
-    )
+    moment_sh.append(sharding if spec == sharding.spec else sharding.update(spec=spec))
     info.append((where, sharding.spec, note))
   return treedef.unflatten(param_sh), treedef.unflatten(moment_sh), info
 
 
 def _plan(
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    mesh: Mesh | None,
-    shard_axis: str | None,
-    caller: str,
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  mesh: Mesh | None,
+  shard_axis: str | None,
+  caller: str,
 ) -> ShardingPlan:
   if not hasattr(tx, 'init'):
     raise TypeError(
-        f'{caller}: `tx` must be an optax.GradientTransformation, got '
-        f'{type(tx).__name__}.'
+      f'{caller}: `tx` must be an optax.GradientTransformation, got {type(tx).__name__}.'
     )
   mesh = _resolve_mesh(params, mesh, caller)
   _check_shard_axis(shard_axis, mesh, caller)
@@ -370,38 +368,50 @@ def _plan(
   def place(path: tuple[Any, ...], node: Any) -> Any:
     prefix = jax.tree_util.keystr(path)
     if not mirrors_params(node):  # A leaf that mirrors no parameter.
-      leaves.append(LeafPlan(
-          prefix, tuple(node.shape), node.dtype, None, None, PartitionSpec(),
+      leaves.append(
+        LeafPlan(
+          prefix,
+          tuple(node.shape),
+          node.dtype,
+          None,
+          None,
+          PartitionSpec(),
           _bytes_per_device(node.shape, node.dtype, PartitionSpec(), mesh),
-      ))
+        )
+      )
       return replicated
     out = []
     for part, sharding, (where, param_spec, note) in zip(
-        params_def.flatten_up_to(node), moment_leaves, info):
+      params_def.flatten_up_to(node), moment_leaves, info
+    ):
       if not isinstance(part, jax.ShapeDtypeStruct):
         out.append(part)  # A masked-out parameter: keep the empty node.
         continue
-      leaves.append(LeafPlan(
-          prefix + where, tuple(part.shape), part.dtype, where, param_spec,
+      leaves.append(
+        LeafPlan(
+          prefix + where,
+          tuple(part.shape),
+          part.dtype,
+          where,
+          param_spec,
           sharding.spec,
           _bytes_per_device(part.shape, part.dtype, sharding.spec, mesh),
           note,
-      ))
+        )
+      )
       out.append(sharding)
     return params_def.unflatten(out)
 
-  shardings = jax.tree_util.tree_map_with_path(
-      place, abstract, is_leaf=mirrors_params
-  )
+  shardings = jax.tree_util.tree_map_with_path(place, abstract, is_leaf=mirrors_params)
   return ShardingPlan(mesh, shard_axis, tuple(leaves), shardings)
 
 
 def describe(
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    mesh: Mesh | None = None,
-    *,
-    shard_axis: str | None = None,
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  mesh: Mesh | None = None,
+  *,
+  shard_axis: str | None = None,
 ) -> ShardingPlan:
   """The placement :func:`state_shardings` chooses, leaf by leaf.
 
@@ -416,11 +426,11 @@ def describe(
 
 
 def state_shardings(
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    mesh: Mesh | None = None,
-    *,
-    shard_axis: str | None = None,
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  mesh: Mesh | None = None,
+  *,
+  shard_axis: str | None = None,
 ) -> PyTree:
   """The ``NamedSharding`` of every leaf of ``tx``'s state, as a pytree.
 
@@ -473,8 +483,7 @@ def _warn_not_partitioned(plan: ShardingPlan, stacklevel: int) -> None:
   if plan.shard_axis is None:
     return
   size = plan.mesh.shape[plan.shard_axis]
-  skipped = [leaf for leaf in plan.not_partitioned
-             if math.prod(leaf.shape) >= size]
+  skipped = [leaf for leaf in plan.not_partitioned if math.prod(leaf.shape) >= size]
   if not skipped:
     return
   params = sorted({(leaf.param, leaf.shape) for leaf in skipped})
@@ -482,18 +491,18 @@ def _warn_not_partitioned(plan: ShardingPlan, stacklevel: int) -> None:
   more = f' and {len(params) - 8} more' if len(params) > 8 else ''
   wasted = sum(leaf.bytes_per_device for leaf in skipped)
   warnings.warn(
-      f'{len(skipped)} optimizer-state leaves ({wasted} bytes per device, of '
-      f'{plan.bytes_per_device}) keep their parameter\'s sharding: no '
-      f'dimension of their parameter is divisible by the size {size} of mesh '
-      f'axis {plan.shard_axis!r}: {listed}{more}. '
-      'adabelief_jax.sharding.describe() shows the full plan.',
-      ShardingWarning,
-      stacklevel=stacklevel + 1,
+    f'{len(skipped)} optimizer-state leaves ({wasted} bytes per device, of '
+    f"{plan.bytes_per_device}) keep their parameter's sharding: no "
+    f'dimension of their parameter is divisible by the size {size} of mesh '
+    f'axis {plan.shard_axis!r}: {listed}{more}. '
+    'adabelief_jax.sharding.describe() shows the full plan.',
+    ShardingWarning,
+    stacklevel=stacklevel + 1,
   )
 
 
 def moment_shardings(
-    params: PyTree, mesh: Mesh | None = None, *, shard_axis: str | None = None
+  params: PyTree, mesh: Mesh | None = None, *, shard_axis: str | None = None
 ) -> PyTree:
   """The sharding of each parameter's moments, as a pytree like ``params``.
 
@@ -507,11 +516,11 @@ def moment_shardings(
 
 
 def abstract_state(
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    mesh: Mesh | None = None,
-    *,
-    shard_axis: str | None = None,
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  mesh: Mesh | None = None,
+  *,
+  shard_axis: str | None = None,
 ) -> PyTree:
   """``tx``'s state as ``jax.ShapeDtypeStruct``s carrying their shardings.
 
@@ -523,17 +532,18 @@ def abstract_state(
   plan = _plan(tx, params, mesh, shard_axis, 'abstract_state')
   _warn_not_partitioned(plan, stacklevel=2)
   return jax.tree.map(
-      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      jax.eval_shape(tx.init, params), plan.shardings,
+    lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+    jax.eval_shape(tx.init, params),
+    plan.shardings,
   )
 
 
 def init_sharded(
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    mesh: Mesh | None = None,
-    *,
-    shard_axis: str | None = None,
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  mesh: Mesh | None = None,
+  *,
+  shard_axis: str | None = None,
 ) -> optax.OptState:
   """``tx.init(params)`` computed under ``jax.jit`` with the state's shardings.
 
@@ -544,9 +554,9 @@ def init_sharded(
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     if isinstance(leaf, jax.ShapeDtypeStruct):
       raise TypeError(
-          f'init_sharded: params{jax.tree_util.keystr(path)} is a '
-          'ShapeDtypeStruct; pass arrays, or use abstract_state() for a '
-          'state without values.'
+        f'init_sharded: params{jax.tree_util.keystr(path)} is a '
+        'ShapeDtypeStruct; pass arrays, or use abstract_state() for a '
+        'state without values.'
       )
   plan = _plan(tx, params, mesh, shard_axis, 'init_sharded')
   _warn_not_partitioned(plan, stacklevel=2)
@@ -568,22 +578,23 @@ def _constrain(tree: PyTree, shardings: PyTree) -> PyTree:
     if all(t == AxisType.Auto for t in types.values()):
       return jax.lax.with_sharding_constraint(x, sharding)
     # Mixed mesh: reshard the Explicit axes; Auto ones are left to XLA.
-    spec = PartitionSpec(*(
-        None if e is None else tuple(a for a in _axes(e)
-                                     if types[a] == AxisType.Explicit) or None
+    spec = PartitionSpec(
+      *(
+        None if e is None else tuple(a for a in _axes(e) if types[a] == AxisType.Explicit) or None
         for e in sharding.spec
-    ))
+      )
+    )
     return jax.sharding.reshard(x, sharding.update(spec=spec))
 
   return jax.tree.map(one, tree, shardings)
 
 
 def with_sharded_state(
-    tx: optax.GradientTransformation,
-    params: PyTree,
-    mesh: Mesh | None = None,
-    *,
-    shard_axis: str | None = None,
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  mesh: Mesh | None = None,
+  *,
+  shard_axis: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """``tx``, with its state placed by :func:`state_shardings` inside ``update``.
 
@@ -613,10 +624,10 @@ def with_sharded_state(
     return _constrain(inner.init(params), state_sh)
 
   def update_fn(
-      updates: optax.Updates,
-      state: optax.OptState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
+    updates: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, optax.OptState]:
     updates = _constrain(updates, moment_sh)
     if params is not None:

@@ -104,9 +104,9 @@ def _rho(b2: chex.Numeric, t: chex.Array) -> tuple[chex.Array, chex.Array]:
   q = -jnp.expm1(-x)
   # e^{-y} h(y) for y >= 0, written as 1 - e^{-y} (1 + y) once y is large.
   e_h_tx = jnp.where(
-      tx < 1.0,
-      jnp.exp(-tx) * _expm1_minus_x(jnp.minimum(tx, 1.0)),
-      -jnp.expm1(-tx) - tx * jnp.exp(-tx),
+    tx < 1.0,
+    jnp.exp(-tx) * _expm1_minus_x(jnp.minimum(tx, 1.0)),
+    -jnp.expm1(-tx) - tx * jnp.exp(-tx),
   )
   numerator = e_h_tx + t * jnp.exp(-tx) * _expm1_minus_x(-x)
   rho_t = 2.0 * numerator / (q * -jnp.expm1(-tx)) - 1.0
@@ -114,16 +114,16 @@ def _rho(b2: chex.Numeric, t: chex.Array) -> tuple[chex.Array, chex.Array]:
 
 
 def _coefficients(
-    count: chex.Array,
-    b1: chex.Numeric,
-    b2: chex.Numeric,
-    eps: chex.Numeric,
-    eps_root: chex.Numeric,
-    rectify: bool,
-    sma_threshold: chex.Numeric,
-    degenerate_to_sgd: bool,
-    nesterov: bool,
-    torch_rectified_eps: bool,
+  count: chex.Array,
+  b1: chex.Numeric,
+  b2: chex.Numeric,
+  eps: chex.Numeric,
+  eps_root: chex.Numeric,
+  rectify: bool,
+  sma_threshold: chex.Numeric,
+  degenerate_to_sgd: bool,
+  nesterov: bool,
+  torch_rectified_eps: bool,
 ) -> _Coefficients:
   """The scalars of step ``count`` (1-based), in the default float dtype."""
   t = count.astype(jnp.result_type(float))
@@ -146,17 +146,12 @@ def _coefficients(
     # rho_t is clamped so the formula stays finite (and differentiable) on
     # steps where the SGD branch is taken and r_t is unused.
     rho = jnp.maximum(rho_t, jnp.maximum(sma_threshold, 4.0 + 1e-3))
-    r_t = jnp.sqrt(
-        (rho - 4.0) * (rho - 2.0) * rho_inf
-        / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
-    )
+    r_t = jnp.sqrt((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
     k = r_t * sqrt_bc2
     if torch_rectified_eps:
       e = eps * jnp.ones_like(sqrt_bc2)
     sgd_scale = jnp.full_like(bc1, 1.0 if degenerate_to_sgd else 0.0)
-  return _Coefficients(
-      b1, b2, 1.0 - b1, 1.0 - b2, eps_root, c_m, c_g, k, e, adaptive, sgd_scale
-  )
+  return _Coefficients(b1, b2, 1.0 - b1, 1.0 - b2, eps_root, c_m, c_g, k, e, adaptive, sgd_scale)
 
 
 def _default_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:
@@ -183,8 +178,8 @@ def _compute_dtype(leaves: list[jax.Array | None]) -> jnp.dtype:
 
 def _cast(c: _Coefficients, real: jnp.dtype) -> _Coefficients:
   return jax.tree.map(
-      lambda x: x if x.dtype == bool else x.astype(real),
-      jax.tree.map(jnp.asarray, c),
+    lambda x: x if x.dtype == bool else x.astype(real),
+    jax.tree.map(jnp.asarray, c),
   )
 
 
@@ -194,14 +189,14 @@ def _stored(x: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def _leaf_update(
-    g: jax.Array,
-    m: jax.Array,
-    s: jax.Array,
-    s_max: jax.Array | None,
-    c: _Coefficients,
-    dtype: jnp.dtype,
-    rectify: bool,
-    nesterov: bool,
+  g: jax.Array,
+  m: jax.Array,
+  s: jax.Array,
+  s_max: jax.Array | None,
+  c: _Coefficients,
+  dtype: jnp.dtype,
+  rectify: bool,
+  nesterov: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
   """One leaf's step: a single elementwise expression that XLA fuses.
 
@@ -227,19 +222,19 @@ def _leaf_update(
 
 
 def _scale_by_belief(
-    b1: chex.Numeric,
-    b2: chex.Numeric,
-    eps: chex.Numeric,
-    eps_root: chex.Numeric,
-    *,
-    amsgrad: bool,
-    rectify: bool,
-    sma_threshold: chex.Numeric,
-    degenerate_to_sgd: bool,
-    nesterov: bool,
-    mu_dtype: Any,
-    nu_dtype: Any,
-    torch_rectified_eps: bool,
+  b1: chex.Numeric,
+  b2: chex.Numeric,
+  eps: chex.Numeric,
+  eps_root: chex.Numeric,
+  *,
+  amsgrad: bool,
+  rectify: bool,
+  sma_threshold: chex.Numeric,
+  degenerate_to_sgd: bool,
+  nesterov: bool,
+  mu_dtype: Any,
+  nu_dtype: Any,
+  torch_rectified_eps: bool,
 ) -> optax.GradientTransformation:
   """:func:`scale_by_belief`, plus the eps convention of adabelief-pytorch.
 
@@ -251,9 +246,7 @@ def _scale_by_belief(
   _checks.check_decay('b2', b2)
   _checks.check_nonnegative('eps', eps)
   _checks.check_nonnegative('eps_root', eps_root)
-  _checks.check_scalar(
-      'sma_threshold', sma_threshold, lambda v: v > 4.0, '> 4'
-  )
+  _checks.check_scalar('sma_threshold', sma_threshold, lambda v: v > 4.0, '> 4')
   mu_dtype = _checks.check_state_dtype('mu_dtype', mu_dtype)
   nu_dtype = _checks.check_state_dtype('nu_dtype', nu_dtype)
 
@@ -263,40 +256,42 @@ def _scale_by_belief(
 
   def init_fn(params: optax.Params) -> ScaleByBeliefState:
     _checks.check_inexact_leaves(params, 'params')
-    mu = jax.tree.map(
-        lambda p: _zeros(p, _default_dtype(p.dtype, mu_dtype)), params
-    )
+    mu = jax.tree.map(lambda p: _zeros(p, _default_dtype(p.dtype, mu_dtype)), params)
     nu = jax.tree.map(nu_zeros, params)
     nu_max = jax.tree.map(nu_zeros, params) if amsgrad else optax.EmptyState()
-    return ScaleByBeliefState(
-        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max
-    )
+    return ScaleByBeliefState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max)
 
   def update_fn(
-      updates: optax.Updates,
-      state: ScaleByBeliefState,
-      params: optax.Params | None = None,
+    updates: optax.Updates,
+    state: ScaleByBeliefState,
+    params: optax.Params | None = None,
   ) -> tuple[optax.Updates, ScaleByBeliefState]:
     del params
     treedef = jax.tree.structure(updates)
     if treedef != jax.tree.structure(state.mu):
       raise ValueError(
-          'scale_by_belief: the updates do not have the structure of the '
-          'state they were initialized with.\n'
-          f'  updates:  {treedef}\n  state.mu: {jax.tree.structure(state.mu)}'
+        'scale_by_belief: the updates do not have the structure of the '
+        'state they were initialized with.\n'
+        f'  updates:  {treedef}\n  state.mu: {jax.tree.structure(state.mu)}'
       )
     _checks.check_inexact_leaves(updates, 'updates')
     count = optax.safe_increment(state.count)
     c = _coefficients(
-        count, b1, b2, eps, eps_root, rectify, sma_threshold,
-        degenerate_to_sgd, nesterov, torch_rectified_eps,
+      count,
+      b1,
+      b2,
+      eps,
+      eps_root,
+      rectify,
+      sma_threshold,
+      degenerate_to_sgd,
+      nesterov,
+      torch_rectified_eps,
     )
     g_leaves = treedef.flatten_up_to(updates)
     m_leaves = treedef.flatten_up_to(state.mu)
     s_leaves = treedef.flatten_up_to(state.nu)
-    s_max_leaves = (
-        treedef.flatten_up_to(state.nu_max) if amsgrad else [None] * len(g_leaves)
-    )
+    s_max_leaves = treedef.flatten_up_to(state.nu_max) if amsgrad else [None] * len(g_leaves)
     casts: dict[jnp.dtype, _Coefficients] = {}  # One cast per dtype, not per leaf.
     results = []
     for leaves in zip(g_leaves, m_leaves, s_leaves, s_max_leaves):
@@ -307,33 +302,31 @@ def _scale_by_belief(
       results.append(_leaf_update(*leaves, casts[real], dtype, rectify, nesterov))
 
     def rebuild(index: int, like: list[jax.Array]) -> optax.Updates:
-      return treedef.unflatten(
-          [r[index].astype(x.dtype) for r, x in zip(results, like)]
-      )
+      return treedef.unflatten([r[index].astype(x.dtype) for r, x in zip(results, like)])
 
     return rebuild(0, g_leaves), ScaleByBeliefState(
-        count=count,
-        mu=rebuild(1, m_leaves),
-        nu=rebuild(2, s_leaves),
-        nu_max=rebuild(3, s_max_leaves) if amsgrad else state.nu_max,
+      count=count,
+      mu=rebuild(1, m_leaves),
+      nu=rebuild(2, s_leaves),
+      nu_max=rebuild(3, s_max_leaves) if amsgrad else state.nu_max,
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_belief(
-    b1: chex.Numeric = 0.9,
-    b2: chex.Numeric = 0.999,
-    eps: chex.Numeric = 1e-16,
-    eps_root: chex.Numeric = 1e-16,
-    *,
-    amsgrad: bool = False,
-    rectify: bool = False,
-    sma_threshold: chex.Numeric = 5.0,
-    degenerate_to_sgd: bool = True,
-    nesterov: bool = False,
-    mu_dtype: Any = None,
-    nu_dtype: Any = None,
+  b1: chex.Numeric = 0.9,
+  b2: chex.Numeric = 0.999,
+  eps: chex.Numeric = 1e-16,
+  eps_root: chex.Numeric = 1e-16,
+  *,
+  amsgrad: bool = False,
+  rectify: bool = False,
+  sma_threshold: chex.Numeric = 5.0,
+  degenerate_to_sgd: bool = True,
+  nesterov: bool = False,
+  mu_dtype: Any = None,
+  nu_dtype: Any = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the AdaBelief rule (Zhuang et al., 2020).
 
@@ -402,8 +395,16 @@ def scale_by_belief(
     <https://arxiv.org/abs/1908.03265>`_, ICLR 2020 (rectification).
   """
   return _scale_by_belief(
-      b1, b2, eps, eps_root,
-      amsgrad=amsgrad, rectify=rectify, sma_threshold=sma_threshold,
-      degenerate_to_sgd=degenerate_to_sgd, nesterov=nesterov,
-      mu_dtype=mu_dtype, nu_dtype=nu_dtype, torch_rectified_eps=False,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    amsgrad=amsgrad,
+    rectify=rectify,
+    sma_threshold=sma_threshold,
+    degenerate_to_sgd=degenerate_to_sgd,
+    nesterov=nesterov,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
+    torch_rectified_eps=False,
   )

@@ -17,8 +17,8 @@ same traffic, so its time is what the memory bus allows.
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import gc
 import importlib.metadata
 import io
@@ -30,7 +30,8 @@ import re
 import statistics
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,7 @@ def parse_count(text: str | int | float) -> int:
   value = float(match.group(1)) * scale
   if value < 1:
     raise ValueError(f'a count must be >= 1, got {text!r}')
-  return int(round(value))
+  return round(value)
 
 
 def parse_counts(text: str) -> list[int]:
@@ -96,14 +97,14 @@ def transformer_shapes(n_params: int) -> Shapes:
   d = transformer_width(n_params)
   h = MLP_PER_WIDTH * d
   layer = {
-      'attn': {'qkv': (d, 3 * d), 'out': (d, d)},
-      'ln1': {'scale': (d,), 'bias': (d,)},
-      'mlp': {'w1': (d, h), 'w2': (h, d)},
-      'ln2': {'scale': (d,), 'bias': (d,)},
+    'attn': {'qkv': (d, 3 * d), 'out': (d, d)},
+    'ln1': {'scale': (d,), 'bias': (d,)},
+    'mlp': {'w1': (d, h), 'w2': (h, d)},
+    'ln2': {'scale': (d,), 'bias': (d,)},
   }
   return {
-      'embed': (VOCAB_PER_WIDTH * d, d),
-      'layers': {f'{i:02d}': layer for i in range(TRANSFORMER_LAYERS)},
+    'embed': (VOCAB_PER_WIDTH * d, d),
+    'layers': {f'{i:02d}': layer for i in range(TRANSFORMER_LAYERS)},
   }
 
 
@@ -137,8 +138,8 @@ def count_params(shapes: Shapes) -> int:
 
 def abstract_tree(shapes: Shapes, dtype: Any) -> Any:
   return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s, jnp.dtype(dtype)), shapes,
-      is_leaf=_is_shape)
+    lambda s: jax.ShapeDtypeStruct(s, jnp.dtype(dtype)), shapes, is_leaf=_is_shape
+  )
 
 
 def random_tree(shapes: Shapes, dtype: Any, seed: int, scale: float = 1.0):
@@ -151,7 +152,7 @@ def random_tree(shapes: Shapes, dtype: Any, seed: int, scale: float = 1.0):
 
   def leaf(shape):
     i = next(it)
-    chunk = flat[offsets[i]:offsets[i + 1]].reshape(shape)
+    chunk = flat[offsets[i] : offsets[i + 1]].reshape(shape)
     return jnp.array(chunk, dtype=jnp.dtype(dtype))
 
   return jax.tree.map(leaf, shapes, is_leaf=_is_shape)
@@ -193,18 +194,20 @@ class Problem:
 
 
 def make_problem(
-    shapes: Shapes, dtype: Any = 'float32', state_dtype: Any = None,
-    seed: int = 0,
+  shapes: Shapes,
+  dtype: Any = 'float32',
+  state_dtype: Any = None,
+  seed: int = 0,
 ) -> Problem:
   dtype = jnp.dtype(dtype)
   return Problem(
-      shapes=shapes,
-      dtype=dtype,
-      state_dtype=None if state_dtype is None else jnp.dtype(state_dtype),
-      params=random_tree(shapes, dtype, seed, scale=0.02),
-      grads=random_tree(shapes, dtype, seed + 1, scale=1e-3),
-      n_params=count_params(shapes),
-      n_leaves=len(shape_leaves(shapes)),
+    shapes=shapes,
+    dtype=dtype,
+    state_dtype=None if state_dtype is None else jnp.dtype(state_dtype),
+    params=random_tree(shapes, dtype, seed, scale=0.02),
+    grads=random_tree(shapes, dtype, seed + 1, scale=1e-3),
+    n_params=count_params(shapes),
+    n_leaves=len(shape_leaves(shapes)),
   )
 
 
@@ -241,15 +244,13 @@ def make_step(tx: optax.GradientTransformation) -> Callable:
 
 
 class JaxRunner(Runner):
-
   def __init__(self, tx: optax.GradientTransformation, problem: Problem):
     self.grads = problem.grads
     self.params = problem.fresh_params()
     self.state = tx.init(self.params)
     self.fn = make_step(tx)
     self.state_bytes = nbytes(self.state)
-    self.bytes_per_step = step_bytes(
-        problem.param_bytes, nbytes(problem.grads), self.state_bytes)
+    self.bytes_per_step = step_bytes(problem.param_bytes, nbytes(problem.grads), self.state_bytes)
     self.step()  # Compiles.
 
   def step(self) -> None:
@@ -279,19 +280,19 @@ class FloorRunner(JaxRunner):
     self.grads = problem.grads
     self.params = problem.fresh_params()
     zeros = lambda p: jnp.zeros(p.shape, state_dtype)
-    self.state = (jax.tree.map(zeros, self.params),
-                  jax.tree.map(zeros, self.params))
+    self.state = (jax.tree.map(zeros, self.params), jax.tree.map(zeros, self.params))
 
     def touch(params, state, grads):
       add = lambda x, g: (x + g).astype(x.dtype)
       m, s = state
-      return (jax.tree.map(add, params, grads),
-              (jax.tree.map(add, m, grads), jax.tree.map(add, s, grads)))
+      return (
+        jax.tree.map(add, params, grads),
+        (jax.tree.map(add, m, grads), jax.tree.map(add, s, grads)),
+      )
 
     self.fn = jax.jit(touch, donate_argnums=(0, 1))
     self.state_bytes = nbytes(self.state)
-    self.bytes_per_step = step_bytes(
-        problem.param_bytes, nbytes(problem.grads), self.state_bytes)
+    self.bytes_per_step = step_bytes(problem.param_bytes, nbytes(problem.grads), self.state_bytes)
     self.step()
 
 
@@ -304,8 +305,7 @@ class CopyRunner(Runner):
 
   def __init__(self, problem: Problem):
     itemsize = _floor_state_dtype(problem).itemsize
-    model = step_bytes(problem.param_bytes, nbytes(problem.grads),
-                       2 * problem.n_params * itemsize)
+    model = step_bytes(problem.param_bytes, nbytes(problem.grads), 2 * problem.n_params * itemsize)
     self.x = jnp.zeros(-(-model // 8), jnp.float32)
     self.fn = jax.jit(lambda x: x + 1.0, donate_argnums=0)
     self.bytes_per_step = 8 * self.x.size
@@ -343,34 +343,32 @@ def import_torch(threads: int | None = None):
 
 
 class TorchRunner(Runner):
-
   def __init__(self, make_optimizer: Callable[[list], Any], problem: Problem):
     torch = import_torch()
     if torch is None:
       raise RuntimeError('torch is not installed')
-    tdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16,
-              'float16': torch.float16}[problem.dtype.name]
+    tdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[
+      problem.dtype.name
+    ]
 
     def tensor(x):
       return torch.from_numpy(np.array(x, np.float32)).to(tdtype)
 
     self.params = []
-    for p, g in zip(jax.tree.leaves(problem.params),
-                    jax.tree.leaves(problem.grads)):
+    for p, g in zip(jax.tree.leaves(problem.params), jax.tree.leaves(problem.grads)):
       param = torch.nn.Parameter(tensor(p))
       param.grad = tensor(g)  # Its own copy: some optimizers write into it.
       self.params.append(param)
     self.optimizer = make_optimizer(self.params)
     self.step()  # Creates the state.
     self.state_bytes = sum(
-        v.numel() * v.element_size()
-        for p in self.params
-        for v in self.optimizer.state[p].values()
-        if torch.is_tensor(v) and v.shape == p.shape)
-    grad_bytes = sum(p.grad.numel() * p.grad.element_size()
-                     for p in self.params)
-    self.bytes_per_step = step_bytes(
-        problem.param_bytes, grad_bytes, self.state_bytes)
+      v.numel() * v.element_size()
+      for p in self.params
+      for v in self.optimizer.state[p].values()
+      if torch.is_tensor(v) and v.shape == p.shape
+    )
+    grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in self.params)
+    self.bytes_per_step = step_bytes(problem.param_bytes, grad_bytes, self.state_bytes)
 
   def step(self) -> None:
     self.optimizer.step()  # Synchronous on CPU.
@@ -402,9 +400,13 @@ WEIGHT_DECAY = 1e-4
 
 def _jax_candidate(name, label, family, make_tx, state_dtype_applies=True):
   return Candidate(
-      name, label, family,
-      lambda problem: JaxRunner(make_tx(problem.state_dtype), problem),
-      state_dtype_applies, make_tx)
+    name,
+    label,
+    family,
+    lambda problem: JaxRunner(make_tx(problem.state_dtype), problem),
+    state_dtype_applies,
+    make_tx,
+  )
 
 
 def _ab(**kwargs):
@@ -412,6 +414,7 @@ def _ab(**kwargs):
     kw = dict(mu_dtype=state_dtype, nu_dtype=state_dtype)
     kw.update(kwargs)
     return adabelief_jax.adabelief(LR, **kw)
+
   return make_tx
 
 
@@ -425,6 +428,7 @@ def _torch_adabelief(**kwargs):
         return AdaBelief(ps, lr=LR, print_change_log=False, **kwargs)
 
     return TorchRunner(make, problem)
+
   return build
 
 
@@ -432,41 +436,57 @@ def _torch_adam(problem: Problem):
   torch = import_torch()
   if torch is None:
     raise RuntimeError('torch is not installed')
-  return TorchRunner(
-      lambda ps: torch.optim.Adam(ps, lr=LR, fused=True), problem)
+  return TorchRunner(lambda ps: torch.optim.Adam(ps, lr=LR, fused=True), problem)
 
 
 BF16 = jnp.dtype(jnp.bfloat16)
 
-CANDIDATES: dict[str, Candidate] = {c.name: c for c in [
+CANDIDATES: dict[str, Candidate] = {
+  c.name: c
+  for c in [
     _jax_candidate('adabelief', 'adabelief_jax', 'adabelief_jax', _ab()),
-    _jax_candidate('adabelief_wd', 'adabelief_jax wd=1e-4 decoupled',
-                   'adabelief_jax', _ab(weight_decay=WEIGHT_DECAY)),
-    _jax_candidate('adabelief_amsgrad', 'adabelief_jax amsgrad',
-                   'adabelief_jax', _ab(amsgrad=True)),
-    _jax_candidate('adabelief_rectify', 'adabelief_jax rectify',
-                   'adabelief_jax', _ab(rectify=True)),
-    _jax_candidate('adabelief_bf16_state', 'adabelief_jax bf16 m,s',
-                   'adabelief_jax', _ab(mu_dtype=BF16, nu_dtype=BF16),
-                   state_dtype_applies=False),
-    _jax_candidate('optax_adam', 'optax.adam', 'optax',
-                   lambda sd: optax.adam(LR, mu_dtype=sd)),
-    _jax_candidate('optax_adamw', 'optax.adamw wd=1e-4', 'optax',
-                   lambda sd: optax.adamw(LR, mu_dtype=sd,
-                                          weight_decay=WEIGHT_DECAY)),
-    _jax_candidate('optax_adabelief', 'optax.adabelief', 'optax',
-                   lambda sd: optax.adabelief(LR), state_dtype_applies=False),
-    Candidate('torch_adabelief', 'adabelief-pytorch rectify=False', 'torch',
-              _torch_adabelief(rectify=False)),
-    Candidate('torch_adabelief_default', 'adabelief-pytorch defaults',
-              'torch', _torch_adabelief()),
-    Candidate('torch_adam_fused', 'torch.optim.Adam(fused=True)', 'torch',
-              _torch_adam),
-    Candidate('floor', 'bandwidth floor (p+g, m+g, s+g)', 'floor',
-              FloorRunner, True),
-    Candidate('copy', 'one-stream copy of the same bytes', 'floor',
-              CopyRunner, True),
-]}
+    _jax_candidate(
+      'adabelief_wd',
+      'adabelief_jax wd=1e-4 decoupled',
+      'adabelief_jax',
+      _ab(weight_decay=WEIGHT_DECAY),
+    ),
+    _jax_candidate(
+      'adabelief_amsgrad', 'adabelief_jax amsgrad', 'adabelief_jax', _ab(amsgrad=True)
+    ),
+    _jax_candidate(
+      'adabelief_rectify', 'adabelief_jax rectify', 'adabelief_jax', _ab(rectify=True)
+    ),
+    _jax_candidate(
+      'adabelief_bf16_state',
+      'adabelief_jax bf16 m,s',
+      'adabelief_jax',
+      _ab(mu_dtype=BF16, nu_dtype=BF16),
+      state_dtype_applies=False,
+    ),
+    _jax_candidate('optax_adam', 'optax.adam', 'optax', lambda sd: optax.adam(LR, mu_dtype=sd)),
+    _jax_candidate(
+      'optax_adamw',
+      'optax.adamw wd=1e-4',
+      'optax',
+      lambda sd: optax.adamw(LR, mu_dtype=sd, weight_decay=WEIGHT_DECAY),
+    ),
+    _jax_candidate(
+      'optax_adabelief',
+      'optax.adabelief',
+      'optax',
+      lambda sd: optax.adabelief(LR),
+      state_dtype_applies=False,
+    ),
+    Candidate(
+      'torch_adabelief', 'adabelief-pytorch rectify=False', 'torch', _torch_adabelief(rectify=False)
+    ),
+    Candidate('torch_adabelief_default', 'adabelief-pytorch defaults', 'torch', _torch_adabelief()),
+    Candidate('torch_adam_fused', 'torch.optim.Adam(fused=True)', 'torch', _torch_adam),
+    Candidate('floor', 'bandwidth floor (p+g, m+g, s+g)', 'floor', FloorRunner, True),
+    Candidate('copy', 'one-stream copy of the same bytes', 'floor', CopyRunner, True),
+  ]
+}
 
 
 def parse_modes(values: Sequence[str] | None, default: Sequence[str]):
@@ -476,8 +496,7 @@ def parse_modes(values: Sequence[str] | None, default: Sequence[str]):
   modes = [m for v in values for m in v.split(',') if m]
   unknown = [m for m in modes if m not in CANDIDATES]
   if unknown:
-    raise SystemExit(
-        f'unknown mode(s) {unknown}; choose from {list(CANDIDATES)}')
+    raise SystemExit(f'unknown mode(s) {unknown}; choose from {list(CANDIDATES)}')
   return list(dict.fromkeys(modes))
 
 
@@ -486,7 +505,9 @@ def parse_modes(values: Sequence[str] | None, default: Sequence[str]):
 
 
 def build_runners(
-    names: Iterable[str], problem: Problem, log: Callable[[str], None] = print,
+  names: Iterable[str],
+  problem: Problem,
+  log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Runner], dict[str, str]]:
   """Sets up (and compiles) each candidate; failures are skipped, with why."""
   runners, skipped = {}, {}
@@ -507,7 +528,9 @@ def build_runners(
 
 
 def time_interleaved(
-    runners: dict[str, Runner], rounds: int, warmup: int = 1,
+  runners: dict[str, Runner],
+  rounds: int,
+  warmup: int = 1,
 ) -> dict[str, list[float]]:
   """Seconds per step of each runner, round-robin, start rotated each round."""
   names = list(runners)
@@ -539,15 +562,17 @@ def close_all(runners: dict[str, Runner]) -> None:
 
 
 def summarize(
-    runners: dict[str, Runner], samples: dict[str, list[float]],
-    n_params: int,
+  runners: dict[str, Runner],
+  samples: dict[str, list[float]],
+  n_params: int,
 ) -> list[dict[str, Any]]:
   """One row per candidate: times, throughput, bytes and ratios."""
   rows = []
   for name, secs in samples.items():
     runner = runners[name]
     median = statistics.median(secs)
-    rows.append({
+    rows.append(
+      {
         'mode': name,
         'label': CANDIDATES[name].label,
         'median_ms': median * 1e3,
@@ -560,7 +585,8 @@ def summarize(
         'bytes_per_step': runner.bytes_per_step,
         'bytes_per_param': runner.bytes_per_step / n_params,
         'effective_gb_per_s': runner.bytes_per_step / median / 1e9,
-    })
+      }
+    )
   by_name = {row['mode']: row for row in rows}
   for ref, key in (('optax_adam', 'vs_optax_adam'), ('floor', 'vs_floor')):
     base = by_name.get(ref)
@@ -586,14 +612,13 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
   if x != 0 and (abs(x) >= 10 ** (digits + 3) or abs(x) < 1e-3):
     return f'{x:.{digits - 1}e}'.replace('e+0', 'e').replace('e+', 'e')
-  if abs(x) >= 10 ** digits:
+  if abs(x) >= 10**digits:
     return f'{x:.0f}'
   return f'{x:.{digits}g}'
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]):
-  lines = ['| ' + ' | '.join(headers) + ' |',
-           '| ' + ' | '.join('---' for _ in headers) + ' |']
+  lines = ['| ' + ' | '.join(headers) + ' |', '| ' + ' | '.join('---' for _ in headers) + ' |']
   for row in rows:
     lines.append('| ' + ' | '.join(fmt(v) for v in row) + ' |')
   return '\n'.join(lines)
@@ -631,35 +656,35 @@ def machine_info() -> dict[str, Any]:
   except AttributeError:
     affinity = None
   return {
-      'nproc': affinity or os.cpu_count(),
-      'cpu_count': os.cpu_count(),
-      'cpu_model': cpu_model or platform.processor() or None,
-      'mem_total_gb': mem_total_gb,
-      'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg')
-                      else None,
-      'platform': platform.platform(),
-      'python': sys.version.split()[0],
-      'jax': jax.__version__,
-      'jaxlib': _version('jaxlib'),
-      'optax': optax.__version__,
-      'adabelief_jax': adabelief_jax.__version__,
-      'numpy': np.__version__,
-      'torch': _version('torch'),
-      'adabelief_pytorch': _version('adabelief-pytorch'),
-      'torch_threads': (_torch_module.get_num_threads()
-                        if _torch_module is not None else None),
-      'backend': jax.default_backend(),
-      'devices': [str(d) for d in jax.local_devices()[:1]],
-      'xla_flags': os.environ.get('XLA_FLAGS'),
+    'nproc': affinity or os.cpu_count(),
+    'cpu_count': os.cpu_count(),
+    'cpu_model': cpu_model or platform.processor() or None,
+    'mem_total_gb': mem_total_gb,
+    'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
+    'platform': platform.platform(),
+    'python': sys.version.split()[0],
+    'jax': jax.__version__,
+    'jaxlib': _version('jaxlib'),
+    'optax': optax.__version__,
+    'adabelief_jax': adabelief_jax.__version__,
+    'numpy': np.__version__,
+    'torch': _version('torch'),
+    'adabelief_pytorch': _version('adabelief-pytorch'),
+    'torch_threads': (_torch_module.get_num_threads() if _torch_module is not None else None),
+    'backend': jax.default_backend(),
+    'devices': [str(d) for d in jax.local_devices()[:1]],
+    'xla_flags': os.environ.get('XLA_FLAGS'),
   }
 
 
 def machine_line(info: dict[str, Any]) -> str:
   load = info.get('load_average')
-  return (f"{info['cpu_model']}, {info['nproc']} cores, backend "
-          f"{info['backend']}, jax {info['jax']}, optax {info['optax']}"
-          + (f", torch {info['torch']}" if info.get('torch') else '')
-          + (f', load {load[0]:.2f}' if load else ''))
+  return (
+    f'{info["cpu_model"]}, {info["nproc"]} cores, backend '
+    f'{info["backend"]}, jax {info["jax"]}, optax {info["optax"]}'
+    + (f', torch {info["torch"]}' if info.get('torch') else '')
+    + (f', load {load[0]:.2f}' if load else '')
+  )
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -20,7 +20,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,24 +34,30 @@ if __package__ in (None, ''):  # Run as a file: make `import adabelief_jax` work
 import adabelief_jax  # pylint: disable=wrong-import-position
 
 STATE_VARIANTS = {
-    'float32 m, s': dict(),
-    'bf16 m, s': dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
-    'bf16 m, float32 s': dict(mu_dtype=jnp.bfloat16),
+  'float32 m, s': dict(),
+  'bf16 m, s': dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+  'bf16 m, float32 s': dict(mu_dtype=jnp.bfloat16),
 }
 
 
 def _digits() -> tuple[np.ndarray, ...]:
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+
   x, y = load_digits(return_X_y=True)
-  return tuple(train_test_split(
-      (x / 16.0).astype(np.float32), y, test_size=0.25, random_state=0, stratify=y))
+  return tuple(
+    train_test_split((x / 16.0).astype(np.float32), y, test_size=0.25, random_state=0, stratify=y)
+  )
 
 
 def _mlp_init(key: jax.Array) -> dict[str, jax.Array]:
   k1, k2 = jax.random.split(key)
-  return {'w1': jax.random.normal(k1, (64, 128)) * 64 ** -0.5, 'b1': jnp.zeros(128),
-          'w2': jax.random.normal(k2, (128, 10)) * 128 ** -0.5, 'b2': jnp.zeros(10)}
+  return {
+    'w1': jax.random.normal(k1, (64, 128)) * 64**-0.5,
+    'b1': jnp.zeros(128),
+    'w2': jax.random.normal(k2, (128, 10)) * 128**-0.5,
+    'b2': jnp.zeros(10),
+  }
 
 
 def _mlp_loss(params: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
@@ -64,8 +71,9 @@ def _accuracy(params: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> float
   return float(jnp.mean(jnp.argmax(h @ params['w2'] + params['b2'], -1) == y))
 
 
-def train_digits(tx: optax.GradientTransformation, seed: int, epochs: int,
-                 batch: int = 64) -> dict[str, float]:
+def train_digits(
+  tx: optax.GradientTransformation, seed: int, epochs: int, batch: int = 64
+) -> dict[str, float]:
   """Final train loss and test accuracy of the MLP trained with ``tx``."""
   x_tr, x_te, y_tr, y_te = map(jnp.asarray, _digits())
   n = (len(x_tr) // batch) * batch
@@ -90,9 +98,11 @@ def train_digits(tx: optax.GradientTransformation, seed: int, epochs: int,
   params = carry[0]
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(carry[1]))
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  return {'train_loss': float(_mlp_loss(params, x_tr, y_tr)),
-          'test_accuracy': _accuracy(params, x_te, y_te),
-          'state_bytes_per_param': round(state_bytes / n_params, 2)}
+  return {
+    'train_loss': float(_mlp_loss(params, x_tr, y_tr)),
+    'test_accuracy': _accuracy(params, x_te, y_te),
+    'state_bytes_per_param': round(state_bytes / n_params, 2),
+  }
 
 
 def quality(seeds: int, epochs: int) -> list[dict[str, Any]]:
@@ -101,14 +111,21 @@ def quality(seeds: int, epochs: int) -> list[dict[str, Any]]:
   for eps in (1e-8, 1e-16):
     baseline = None
     for name, dtypes in STATE_VARIANTS.items():
-      runs = [train_digits(adabelief_jax.adabelief(1e-3, eps=eps, eps_root=eps, **dtypes),
-                           seed, epochs) for seed in range(seeds)]
+      runs = [
+        train_digits(adabelief_jax.adabelief(1e-3, eps=eps, eps_root=eps, **dtypes), seed, epochs)
+        for seed in range(seeds)
+      ]
       loss = np.array([r['train_loss'] for r in runs])
       acc = np.array([r['test_accuracy'] for r in runs])
-      row = {'eps = eps_root': eps, 'state': name,
-             'state B/param': runs[0]['state_bytes_per_param'],
-             'train loss': float(loss.mean()), 'train loss std': float(loss.std()),
-             'test acc': float(acc.mean()), 'test acc std': float(acc.std())}
+      row = {
+        'eps = eps_root': eps,
+        'state': name,
+        'state B/param': runs[0]['state_bytes_per_param'],
+        'train loss': float(loss.mean()),
+        'train loss std': float(loss.std()),
+        'test acc': float(acc.mean()),
+        'test acc std': float(acc.std()),
+      }
       baseline = baseline or row
       row['loss vs float32 %'] = 100 * (row['train loss'] / baseline['train loss'] - 1)
       row['acc vs float32 %'] = 100 * (row['test acc'] / baseline['test acc'] - 1)
@@ -116,8 +133,9 @@ def quality(seeds: int, epochs: int) -> list[dict[str, Any]]:
   return rows
 
 
-def safety_run(param_dtype: Any, state_dtype: Any, steps: int,
-               feature_scale: float) -> dict[str, Any]:
+def safety_run(
+  param_dtype: Any, state_dtype: Any, steps: int, feature_scale: float
+) -> dict[str, Any]:
   """Part B: least squares in 16-bit parameters; the first non-finite step.
 
   ``feature_scale`` sets the gradients' size: about 1 at 1.0, about 1e-3 at
@@ -139,28 +157,37 @@ def safety_run(param_dtype: Any, state_dtype: Any, steps: int,
     w = optax.apply_updates(w, updates)
     return (w, state), (loss.astype(jnp.float32), jnp.all(jnp.isfinite(w)))
 
-  (w, state), (losses, finite) = jax.jit(
-      lambda c: jax.lax.scan(step, c, length=steps))((w, tx.init(w)))
+  (w, state), (losses, finite) = jax.jit(lambda c: jax.lax.scan(step, c, length=steps))(
+    (w, tx.init(w))
+  )
   finite = np.asarray(finite)
   bad = np.flatnonzero(~finite)
   losses = np.asarray(losses)
   state_leaf = jax.tree.leaves(state[0].nu)[0]  # Its dtype names the state.
-  return {'params': jnp.dtype(param_dtype).name, 'feature scale': feature_scale,
-          'state': jnp.dtype(state_leaf.dtype).name + (' (default)' if state_dtype is None else ''),
-          'first non-finite step': int(bad[0]) + 1 if bad.size else None,
-          'non-finite steps': int(bad.size),
-          'min loss': float(np.min(losses[np.isfinite(losses)], initial=np.inf)),
-          'final loss': float(losses[-1])}
+  return {
+    'params': jnp.dtype(param_dtype).name,
+    'feature scale': feature_scale,
+    'state': jnp.dtype(state_leaf.dtype).name + (' (default)' if state_dtype is None else ''),
+    'first non-finite step': int(bad[0]) + 1 if bad.size else None,
+    'non-finite steps': int(bad.size),
+    'min loss': float(np.min(losses[np.isfinite(losses)], initial=np.inf)),
+    'final loss': float(losses[-1]),
+  }
 
 
 def safety(steps: int) -> list[dict[str, Any]]:
-  return [safety_run(p, s, steps, scale) for scale in (1.0, 0.03)
-          for p in (jnp.bfloat16, jnp.float16) for s in (None, jnp.float16)]
+  return [
+    safety_run(p, s, steps, scale)
+    for scale in (1.0, 0.03)
+    for p in (jnp.bfloat16, jnp.float16)
+    for s in (None, jnp.float16)
+  ]
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
   def cell(v: Any) -> str:
     return f'{v:.4g}' if isinstance(v, float) else str(v)
+
   keys = list(rows[0])
   lines = ['| ' + ' | '.join(keys) + ' |', '|' + ' --- |' * len(keys)]
   lines += ['| ' + ' | '.join(cell(r[k]) for k in keys) + ' |' for r in rows]
@@ -176,11 +203,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parser.parse_args(argv)
   start = time.perf_counter()
   results = {'quality': quality(args.seeds, args.epochs), 'safety': safety(args.steps)}
-  text = (f'## A. bf16 optimizer state: digits MLP, {args.epochs} epochs, {args.seeds} seeds, '
-          f'adabelief(1e-3)\n\n{markdown(results["quality"])}\n\n'
-          f'## B. 16-bit parameters: least squares, {args.steps} steps, adabelief(1e-2), '
-          f'eps = eps_root = 1e-16\n\n{markdown(results["safety"])}\n\n'
-          f'jax {jax.__version__}, {os.cpu_count()} CPUs, {time.perf_counter() - start:.0f} s\n')
+  text = (
+    f'## A. bf16 optimizer state: digits MLP, {args.epochs} epochs, {args.seeds} seeds, '
+    f'adabelief(1e-3)\n\n{markdown(results["quality"])}\n\n'
+    f'## B. 16-bit parameters: least squares, {args.steps} steps, adabelief(1e-2), '
+    f'eps = eps_root = 1e-16\n\n{markdown(results["safety"])}\n\n'
+    f'jax {jax.__version__}, {os.cpu_count()} CPUs, {time.perf_counter() - start:.0f} s\n'
+  )
   print(text)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'results.md'), 'w') as f:

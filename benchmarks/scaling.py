@@ -23,7 +23,8 @@ import argparse
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 if __package__ in (None, ''):
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -35,40 +36,55 @@ DEFAULT_MODES = ['adabelief', 'optax_adam', 'optax_adabelief']
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.scaling',
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--params-list', type=_harness.parse_counts,
-                      default='1M,3M,10M,30M,100M',
-                      help='comma-separated totals of the parameter sweep '
-                           '(default 1M,3M,10M,30M,100M; empty: skip)')
-  parser.add_argument('--tree', choices=['transformer', 'equal'],
-                      default='transformer',
-                      help='tree of the parameter sweep (default transformer)')
-  parser.add_argument('--leaves', type=int, default=100,
-                      help='leaves of the equal tree in the parameter sweep')
-  parser.add_argument('--leaves-list', type=_harness.parse_counts,
-                      default='10,30,100,300,1000,3000,5000',
-                      help='comma-separated leaf counts of the leaf sweep '
-                           '(default 10,30,100,300,1000,3000,5000; empty: '
-                           'skip)')
-  parser.add_argument('--leaves-params', type=_harness.parse_count,
-                      default='10M',
-                      help='fixed total params of the leaf sweep (default 10M)')
-  parser.add_argument('--dtype', choices=['float32', 'bfloat16'],
-                      default='float32')
-  parser.add_argument('--state-dtype', choices=['float32', 'bfloat16'],
-                      default=None)
+    prog='python -m benchmarks.scaling',
+    description=__doc__.split('\n\n')[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    '--params-list',
+    type=_harness.parse_counts,
+    default='1M,3M,10M,30M,100M',
+    help='comma-separated totals of the parameter sweep (default 1M,3M,10M,30M,100M; empty: skip)',
+  )
+  parser.add_argument(
+    '--tree',
+    choices=['transformer', 'equal'],
+    default='transformer',
+    help='tree of the parameter sweep (default transformer)',
+  )
+  parser.add_argument(
+    '--leaves', type=int, default=100, help='leaves of the equal tree in the parameter sweep'
+  )
+  parser.add_argument(
+    '--leaves-list',
+    type=_harness.parse_counts,
+    default='10,30,100,300,1000,3000,5000',
+    help='comma-separated leaf counts of the leaf sweep '
+    '(default 10,30,100,300,1000,3000,5000; empty: '
+    'skip)',
+  )
+  parser.add_argument(
+    '--leaves-params',
+    type=_harness.parse_count,
+    default='10M',
+    help='fixed total params of the leaf sweep (default 10M)',
+  )
+  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  parser.add_argument('--state-dtype', choices=['float32', 'bfloat16'], default=None)
   parser.add_argument('--rounds', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--modes', nargs='+', default=None, metavar='MODE',
-                      help='candidates (default: ' + ' '.join(DEFAULT_MODES)
-                           + '); any step_time mode works')
+  parser.add_argument(
+    '--modes',
+    nargs='+',
+    default=None,
+    metavar='MODE',
+    help='candidates (default: ' + ' '.join(DEFAULT_MODES) + '); any step_time mode works',
+  )
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', default='results/scaling',
-                      help='output folder (default results/scaling)')
-  parser.add_argument('--no-plot', action='store_true',
-                      help='skip the PNGs (no matplotlib needed)')
+  parser.add_argument(
+    '--out', default='results/scaling', help='output folder (default results/scaling)'
+  )
+  parser.add_argument('--no-plot', action='store_true', help='skip the PNGs (no matplotlib needed)')
   args = parser.parse_args(argv)
   args.modes = _harness.parse_modes(args.modes, DEFAULT_MODES)
   if args.rounds < 1:
@@ -77,31 +93,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run_point(args, shapes, sweep: str, x: int) -> list[dict[str, Any]]:
-  problem = _harness.make_problem(shapes, args.dtype, args.state_dtype,
-                                  args.seed)
-  print(f'# {sweep} sweep: {problem.n_params:,} params in '
-        f'{problem.n_leaves} leaves')
+  problem = _harness.make_problem(shapes, args.dtype, args.state_dtype, args.seed)
+  print(f'# {sweep} sweep: {problem.n_params:,} params in {problem.n_leaves} leaves')
   runners, skipped = _harness.build_runners(args.modes, problem)
   samples = _harness.time_interleaved(runners, args.rounds, args.warmup)
   rows = _harness.summarize(runners, samples, problem.n_params)
   _harness.close_all(runners)
   for row in rows:
-    row.update(sweep=sweep, x=x, params=problem.n_params,
-               leaves=problem.n_leaves)
+    row.update(sweep=sweep, x=x, params=problem.n_params, leaves=problem.n_leaves)
   for name, reason in skipped.items():
     print(f'  skipped {name}: {reason}')
   return rows
 
 
-HEADERS = ['candidate', 'params', 'leaves', 'median ms/step', 'min ms',
-           'ns/param', 'effective GB/s', 'vs optax.adam']
+HEADERS = [
+  'candidate',
+  'params',
+  'leaves',
+  'median ms/step',
+  'min ms',
+  'ns/param',
+  'effective GB/s',
+  'vs optax.adam',
+]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-  return _harness.markdown_table(HEADERS, [
-      [r['label'], r['params'], r['leaves'], r['median_ms'], r['min_ms'],
-       r['median_ms'] * 1e6 / r['params'], r['effective_gb_per_s'],
-       r['vs_optax_adam']] for r in rows])
+  return _harness.markdown_table(
+    HEADERS,
+    [
+      [
+        r['label'],
+        r['params'],
+        r['leaves'],
+        r['median_ms'],
+        r['min_ms'],
+        r['median_ms'] * 1e6 / r['params'],
+        r['effective_gb_per_s'],
+        r['vs_optax_adam'],
+      ]
+      for r in rows
+    ],
+  )
 
 
 def plot(rows: list[dict[str, Any]], sweep: str, path: str) -> None:
@@ -115,17 +148,14 @@ def plot(rows: list[dict[str, Any]], sweep: str, path: str) -> None:
   FigureCanvasAgg(fig)
   left, right = fig.subplots(1, 2)
   for mode in dict.fromkeys(r['mode'] for r in rows):
-    points = sorted((r for r in rows if r['mode'] == mode),
-                    key=lambda r: r['x'])
+    points = sorted((r for r in rows if r['mode'] == mode), key=lambda r: r['x'])
     xs = [r['x'] for r in points]
     label = _harness.CANDIDATES[mode].label
     left.plot(xs, [r['median_ms'] for r in points], 'o-', label=label)
     if sweep == 'params':
-      right.plot(xs, [r['effective_gb_per_s'] for r in points], 'o-',
-                 label=label)
+      right.plot(xs, [r['effective_gb_per_s'] for r in points], 'o-', label=label)
     else:
-      right.plot(xs, [r['median_ms'] * 1e6 / r['params'] for r in points],
-                 'o-', label=label)
+      right.plot(xs, [r['median_ms'] * 1e6 / r['params'] for r in points], 'o-', label=label)
   left.set_xscale('log')
   left.set_yscale('log')
   left.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -154,18 +184,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     shapes = _harness.equal_shapes(args.leaves_params, leaves)
     rows += run_point(args, shapes, 'leaves', leaves)
   os.makedirs(args.out, exist_ok=True)
-  by_sweep = {s: [r for r in rows if r['sweep'] == s]
-              for s in ('params', 'leaves')}
+  by_sweep = {s: [r for r in rows if r['sweep'] == s] for s in ('params', 'leaves')}
   files = {}
   info = _harness.machine_info()
-  md = [f'# Step-time scaling\n\nMachine: {_harness.machine_line(info)}; '
-        f'{args.dtype} params, state dtype {args.state_dtype or "default"}, '
-        f'median of {args.rounds} interleaved rounds.']
+  md = [
+    f'# Step-time scaling\n\nMachine: {_harness.machine_line(info)}; '
+    f'{args.dtype} params, state dtype {args.state_dtype or "default"}, '
+    f'median of {args.rounds} interleaved rounds.'
+  ]
   for sweep, sweep_rows in by_sweep.items():
     if not sweep_rows:
       continue
-    title = {'params': f'Parameter count ({args.tree} tree)',
-             'leaves': f'Leaf count ({args.leaves_params:,} params)'}[sweep]
+    title = {
+      'params': f'Parameter count ({args.tree} tree)',
+      'leaves': f'Leaf count ({args.leaves_params:,} params)',
+    }[sweep]
     md.append(f'## {title}\n\n{table(sweep_rows)}')
     if not args.no_plot:
       path = os.path.join(args.out, f'scaling_{sweep}.png')
@@ -178,12 +211,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     f.write(text)
   files['json'] = os.path.join(args.out, 'scaling.json')
   result = {
-      'benchmark': 'scaling',
-      'config': {k: v for k, v in vars(args).items()},
-      'machine': info,
-      'results': rows,
-      'files': files,
-      'table': text,
+    'benchmark': 'scaling',
+    'config': {k: v for k, v in vars(args).items()},
+    'machine': info,
+    'results': rows,
+    'files': files,
+    'table': text,
   }
   _harness.write_json(files['json'], result)
   print()

@@ -31,7 +31,8 @@ import argparse
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 if __package__ in (None, ''):
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -43,41 +44,65 @@ DEFAULT_MODES = list(_harness.CANDIDATES)
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.step_time',
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog='modes: ' + ', '.join(
-          f'{c.name} ({c.label})' for c in _harness.CANDIDATES.values()))
-  parser.add_argument('--params', type=_harness.parse_count, default='42M',
-                      help='total parameter count, e.g. 42M, 1e6, 50k '
-                           '(default 42M)')
-  parser.add_argument('--tree', choices=['transformer', 'equal'],
-                      default='transformer',
-                      help='transformer: 12 layers of width ~512 plus an '
-                           'embedding, scaled to --params; equal: --leaves '
-                           'equal 1-D leaves (default transformer)')
-  parser.add_argument('--leaves', type=int, default=100,
-                      help='number of leaves of the equal tree (default 100)')
-  parser.add_argument('--dtype', choices=['float32', 'bfloat16'],
-                      default='float32', help='parameter and gradient dtype')
-  parser.add_argument('--state-dtype', choices=['float32', 'bfloat16'],
-                      default=None,
-                      help='m and s dtype of the modes it applies to '
-                           '(adabelief_jax modes, optax adam/adamw mu, floor); '
-                           'default: each optimizer\'s own')
-  parser.add_argument('--rounds', type=int, default=10,
-                      help='timed rounds; the median is reported (default 10)')
-  parser.add_argument('--warmup', type=int, default=2,
-                      help='untimed rounds after compiling (default 2)')
-  parser.add_argument('--modes', nargs='+', default=None, metavar='MODE',
-                      help='candidates to run (space or comma separated; '
-                           'default: all)')
-  parser.add_argument('--torch-threads', type=int, default=None,
-                      help='torch intra-op threads (default: os.cpu_count(); '
-                           'use 1 on a shared, loaded machine)')
+    prog='python -m benchmarks.step_time',
+    description=__doc__.split('\n\n')[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog='modes: ' + ', '.join(f'{c.name} ({c.label})' for c in _harness.CANDIDATES.values()),
+  )
+  parser.add_argument(
+    '--params',
+    type=_harness.parse_count,
+    default='42M',
+    help='total parameter count, e.g. 42M, 1e6, 50k (default 42M)',
+  )
+  parser.add_argument(
+    '--tree',
+    choices=['transformer', 'equal'],
+    default='transformer',
+    help='transformer: 12 layers of width ~512 plus an '
+    'embedding, scaled to --params; equal: --leaves '
+    'equal 1-D leaves (default transformer)',
+  )
+  parser.add_argument(
+    '--leaves', type=int, default=100, help='number of leaves of the equal tree (default 100)'
+  )
+  parser.add_argument(
+    '--dtype',
+    choices=['float32', 'bfloat16'],
+    default='float32',
+    help='parameter and gradient dtype',
+  )
+  parser.add_argument(
+    '--state-dtype',
+    choices=['float32', 'bfloat16'],
+    default=None,
+    help='m and s dtype of the modes it applies to '
+    '(adabelief_jax modes, optax adam/adamw mu, floor); '
+    "default: each optimizer's own",
+  )
+  parser.add_argument(
+    '--rounds', type=int, default=10, help='timed rounds; the median is reported (default 10)'
+  )
+  parser.add_argument(
+    '--warmup', type=int, default=2, help='untimed rounds after compiling (default 2)'
+  )
+  parser.add_argument(
+    '--modes',
+    nargs='+',
+    default=None,
+    metavar='MODE',
+    help='candidates to run (space or comma separated; default: all)',
+  )
+  parser.add_argument(
+    '--torch-threads',
+    type=int,
+    default=None,
+    help='torch intra-op threads (default: os.cpu_count(); use 1 on a shared, loaded machine)',
+  )
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--json', default=None, metavar='OUT',
-                      help='write every number and the machine info here')
+  parser.add_argument(
+    '--json', default=None, metavar='OUT', help='write every number and the machine info here'
+  )
   args = parser.parse_args(argv)
   args.modes = _harness.parse_modes(args.modes, DEFAULT_MODES)
   if args.rounds < 1:
@@ -85,25 +110,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
-HEADERS = ['candidate', 'median ms/step', 'min ms', 'params/s', 'bytes/param',
-           'effective GB/s', 'vs optax.adam', 'vs floor']
+HEADERS = [
+  'candidate',
+  'median ms/step',
+  'min ms',
+  'params/s',
+  'bytes/param',
+  'effective GB/s',
+  'vs optax.adam',
+  'vs floor',
+]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-  return _harness.markdown_table(HEADERS, [
-      [r['label'], r['median_ms'], r['min_ms'], r['params_per_s'],
-       r['bytes_per_param'], r['effective_gb_per_s'], r['vs_optax_adam'],
-       r['vs_floor']] for r in rows])
+  return _harness.markdown_table(
+    HEADERS,
+    [
+      [
+        r['label'],
+        r['median_ms'],
+        r['min_ms'],
+        r['params_per_s'],
+        r['bytes_per_param'],
+        r['effective_gb_per_s'],
+        r['vs_optax_adam'],
+        r['vs_floor'],
+      ]
+      for r in rows
+    ],
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
   shapes = _harness.tree_shapes(args.tree, args.params, args.leaves)
-  problem = _harness.make_problem(shapes, args.dtype, args.state_dtype,
-                                  args.seed)
-  print(f'# step_time: {problem.n_params:,} {args.dtype} params in '
-        f'{problem.n_leaves} leaves ({args.tree} tree), state dtype '
-        f'{args.state_dtype or "default"}, {args.rounds} rounds')
+  problem = _harness.make_problem(shapes, args.dtype, args.state_dtype, args.seed)
+  print(
+    f'# step_time: {problem.n_params:,} {args.dtype} params in '
+    f'{problem.n_leaves} leaves ({args.tree} tree), state dtype '
+    f'{args.state_dtype or "default"}, {args.rounds} rounds'
+  )
   if any(_harness.CANDIDATES[m].family == 'torch' for m in args.modes):
     _harness.import_torch(args.torch_threads or os.cpu_count() or 1)
   runners, skipped = _harness.build_runners(args.modes, problem)
@@ -118,19 +164,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   for name, reason in skipped.items():
     print(f'Skipped {name}: {reason}')
   result = {
-      'benchmark': 'step_time',
-      'config': {
-          'params': problem.n_params, 'requested_params': args.params,
-          'leaves': problem.n_leaves, 'tree': args.tree, 'dtype': args.dtype,
-          'state_dtype': args.state_dtype, 'rounds': args.rounds,
-          'warmup': args.warmup, 'modes': args.modes, 'seed': args.seed,
-          'torch_threads': args.torch_threads,
-          'lr': _harness.LR, 'weight_decay': _harness.WEIGHT_DECAY,
-      },
-      'machine': info,
-      'results': rows,
-      'skipped': skipped,
-      'table': table(rows),
+    'benchmark': 'step_time',
+    'config': {
+      'params': problem.n_params,
+      'requested_params': args.params,
+      'leaves': problem.n_leaves,
+      'tree': args.tree,
+      'dtype': args.dtype,
+      'state_dtype': args.state_dtype,
+      'rounds': args.rounds,
+      'warmup': args.warmup,
+      'modes': args.modes,
+      'seed': args.seed,
+      'torch_threads': args.torch_threads,
+      'lr': _harness.LR,
+      'weight_decay': _harness.WEIGHT_DECAY,
+    },
+    'machine': info,
+    'results': rows,
+    'skipped': skipped,
+    'table': table(rows),
   }
   if args.json:
     _harness.write_json(args.json, result)

@@ -14,42 +14,50 @@ import os
 import platform
 import random
 import sys
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 
 # ----------------------------------------------------------------------------
 # Flags.
 
 
 def add_common_args(
-    parser: argparse.ArgumentParser,
-    *,
-    epochs: int,
-    seeds: int = 3,
-    batch_size: int = 32,
-    out: str,
-    optimizers: Sequence[str] = (),
+  parser: argparse.ArgumentParser,
+  *,
+  epochs: int,
+  seeds: int = 3,
+  batch_size: int = 32,
+  out: str,
+  optimizers: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
   """Adds --epochs, --seeds, --batch-size, --out, --no-progress [--optimizers]."""
-  parser.add_argument('--epochs', type=int, default=epochs,
-                      help='training epochs per run (default: %(default)s)')
-  parser.add_argument('--seeds', type=int, default=seeds,
-                      help='runs per optimizer, with seeds 0..N-1 '
-                           '(default: %(default)s)')
-  parser.add_argument('--batch-size', type=int, default=batch_size,
-                      help='minibatch size (default: %(default)s)')
-  parser.add_argument('--out', default=out,
-                      help='directory for results.md, results.json and the '
-                           'plot (default: %(default)s)')
-  parser.add_argument('--no-progress', action='store_true',
-                      help='hide the progress bar')
+  parser.add_argument(
+    '--epochs', type=int, default=epochs, help='training epochs per run (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--seeds',
+    type=int,
+    default=seeds,
+    help='runs per optimizer, with seeds 0..N-1 (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--batch-size', type=int, default=batch_size, help='minibatch size (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--out',
+    default=out,
+    help='directory for results.md, results.json and the plot (default: %(default)s)',
+  )
+  parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
   if optimizers:
     parser.add_argument(
-        '--optimizers', type=comma_list(optimizers), default=list(optimizers),
-        help='comma-separated subset of: ' + ','.join(optimizers) +
-             ' (default: all)')
+      '--optimizers',
+      type=comma_list(optimizers),
+      default=list(optimizers),
+      help='comma-separated subset of: ' + ','.join(optimizers) + ' (default: all)',
+    )
   return parser
 
 
@@ -64,8 +72,7 @@ def comma_list(choices: Iterable[str] | None = None):
     if allowed is not None:
       unknown = [item for item in items if item not in allowed]
       if unknown:
-        raise argparse.ArgumentTypeError(
-            f'unknown {unknown}; choose from {",".join(allowed)}')
+        raise argparse.ArgumentTypeError(f'unknown {unknown}; choose from {",".join(allowed)}')
     return list(dict.fromkeys(items))  # Drops repeats, keeps the order.
 
   return parse
@@ -106,8 +113,7 @@ def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
   return f'{mean:.{digits}f} ± {std:.{digits}f}'
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]],
-                   columns: Sequence[str] | None = None) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
   """A GitHub-flavoured Markdown table; floats are shown with 4 significant digits."""
   if columns is None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -117,10 +123,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]],
       return f'{value:.4g}'
     return str(value).replace('|', '\\|')
 
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '|'.join('---' for _ in columns) + '|']
-  lines += ['| ' + ' | '.join(cell(row.get(c, '')) for c in columns) + ' |'
-            for row in rows]
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' for _ in columns) + '|']
+  lines += ['| ' + ' | '.join(cell(row.get(c, '')) for c in columns) + ' |' for row in rows]
   return '\n'.join(lines)
 
 
@@ -150,8 +154,9 @@ def environment() -> dict[str, str]:
   return info
 
 
-def write_results(out_dir: str, *, title: str, table: str,
-                  data: Mapping[str, Any], notes: str = '') -> tuple[str, str]:
+def write_results(
+  out_dir: str, *, title: str, table: str, data: Mapping[str, Any], notes: str = ''
+) -> tuple[str, str]:
   """Writes ``results.md`` (title, notes, table) and ``results.json`` (data).
 
   Returns the two paths. ``data`` goes through :func:`to_jsonable`.
@@ -173,12 +178,12 @@ def write_results(out_dir: str, *, title: str, table: str,
 
 
 def plot_curves(
-    path: str,
-    panels: Sequence[tuple[str, Mapping[str, np.ndarray]]],
-    *,
-    xlabel: str = 'epoch',
-    log_y: Sequence[bool] | None = None,
-    title: str | None = None,
+  path: str,
+  panels: Sequence[tuple[str, Mapping[str, np.ndarray]]],
+  *,
+  xlabel: str = 'epoch',
+  log_y: Sequence[bool] | None = None,
+  title: str | None = None,
 ) -> str:
   """One panel per (y label, {series name: runs}) pair, saved as a PNG.
 
@@ -201,8 +206,7 @@ def plot_curves(
       mean, std = runs.mean(axis=0), runs.std(axis=0)
       (line,) = ax.plot(x, mean, label=name)
       if runs.shape[0] > 1:
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(),
-                        alpha=0.2, linewidth=0)
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_y is not None and log_y[i]:
       ax.set_yscale('log')
     ax.set_xlabel(xlabel)

@@ -41,10 +41,12 @@ every run) and ``curves.png`` (modes and quality during training) to --out.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +54,6 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-import _common
 import adabelief_jax
 
 NUM_MODES = 8
@@ -60,9 +61,10 @@ RADIUS = 2.0
 EVAL_SAMPLES = 2000
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-    'adabelief': lambda lr, b1: adabelief_jax.adabelief(
-        lr, b1=b1, b2=0.999, eps=1e-12, eps_root=1e-12),
-    'adam': lambda lr, b1: optax.adam(lr, b1=b1, b2=0.999, eps=1e-8),
+  'adabelief': lambda lr, b1: adabelief_jax.adabelief(
+    lr, b1=b1, b2=0.999, eps=1e-12, eps_root=1e-12
+  ),
+  'adam': lambda lr, b1: optax.adam(lr, b1=b1, b2=0.999, eps=1e-8),
 }
 
 
@@ -84,11 +86,9 @@ def sample_data(key: jax.Array, n: int, std: float) -> jax.Array:
 class MLP(nnx.Module):
   """``depth`` hidden ReLU layers of width ``hidden``, then a linear output."""
 
-  def __init__(self, din: int, hidden: int, dout: int, depth: int, *,
-               rngs: nnx.Rngs):
+  def __init__(self, din: int, hidden: int, dout: int, depth: int, *, rngs: nnx.Rngs):
     dims = [din] + [hidden] * depth
-    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs)
-                            for a, b in zip(dims[:-1], dims[1:])])
+    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
     self.out = nnx.Linear(dims[-1], dout, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -100,7 +100,7 @@ class MLP(nnx.Module):
 def mode_metrics(samples: jax.Array, std: float) -> tuple[jax.Array, jax.Array]:
   """(modes covered, fraction of high-quality samples) of (N, 2) samples."""
   dist = jnp.linalg.norm(samples[:, None, :] - centers()[None], axis=-1)
-  near = dist < 3 * std                                    # (N, modes)
+  near = dist < 3 * std  # (N, modes)
   covered = (near.sum(0) >= samples.shape[0] / 20).sum()
   return covered, near.any(1).mean()
 
@@ -133,22 +133,28 @@ def make_setting(optimizer: str, b1: float, args: argparse.Namespace):
   def d_loss(d_params, g_params, real, z):
     g, d = nnx.merge(g_def, g_params), nnx.merge(d_def, d_params)
     fake = jax.lax.stop_gradient(g(z))
-    return (jnp.mean(jax.nn.softplus(-d(real)))     # -log D(real)
-            + jnp.mean(jax.nn.softplus(d(fake))))   # -log(1 - D(fake))
+    return (
+      jnp.mean(jax.nn.softplus(-d(real)))  # -log D(real)
+      + jnp.mean(jax.nn.softplus(d(fake)))
+    )  # -log(1 - D(fake))
 
   def g_loss(g_params, d_params, z):
     g, d = nnx.merge(g_def, g_params), nnx.merge(d_def, d_params)
-    return jnp.mean(jax.nn.softplus(-d(g(z))))     # non-saturating: -log D
+    return jnp.mean(jax.nn.softplus(-d(g(z))))  # non-saturating: -log D
 
   def init(seed):
     g, d = models(seed)
     g_params, d_params = nnx.state(g, nnx.Param), nnx.state(d, nnx.Param)
     data_key = jax.random.fold_in(jax.random.key(seed), 2)
-    eval_z = jax.random.normal(jax.random.fold_in(data_key, 0),
-                               (EVAL_SAMPLES, latent))
-    return {'g': g_params, 'd': d_params, 'g_opt': tx(0.0).init(g_params),
-            'd_opt': tx(0.0).init(d_params), 'key': data_key,
-            'eval_z': eval_z}
+    eval_z = jax.random.normal(jax.random.fold_in(data_key, 0), (EVAL_SAMPLES, latent))
+    return {
+      'g': g_params,
+      'd': d_params,
+      'g_opt': tx(0.0).init(g_params),
+      'd_opt': tx(0.0).init(d_params),
+      'key': data_key,
+      'eval_z': eval_z,
+    }
 
   def chunk(lr, carry):
     optim = tx(lr)
@@ -164,8 +170,7 @@ def make_setting(optimizer: str, b1: float, args: argparse.Namespace):
       grads = jax.grad(g_loss)(c['g'], d_params, z)
       updates, g_opt = optim.update(grads, c['g_opt'], c['g'])
       g_params = optax.apply_updates(c['g'], updates)
-      return dict(c, g=g_params, d=d_params, g_opt=g_opt, d_opt=d_opt,
-                  key=key), None
+      return dict(c, g=g_params, d=d_params, g_opt=g_opt, d_opt=d_opt, key=key), None
 
     carry, _ = jax.lax.scan(step, carry, None, length=args.eval_every)
     samples = nnx.merge(g_def, carry['g'])(carry['eval_z'])
@@ -176,9 +181,14 @@ def make_setting(optimizer: str, b1: float, args: argparse.Namespace):
   return jax.vmap(init), jax.jit(jax.vmap(chunk))
 
 
-def train_setting(optimizer: str, b1: float, lrs: np.ndarray,
-                  seeds: np.ndarray, args: argparse.Namespace,
-                  progress: tqdm) -> dict:
+def train_setting(
+  optimizer: str,
+  b1: float,
+  lrs: np.ndarray,
+  seeds: np.ndarray,
+  args: argparse.Namespace,
+  progress: tqdm,
+) -> dict:
   """Trains every (lr, seed) run of a setting; per-evaluation metrics."""
   init, chunk = make_setting(optimizer, b1, args)
   start = time.perf_counter()
@@ -189,11 +199,14 @@ def train_setting(optimizer: str, b1: float, lrs: np.ndarray,
     carry, covered, hq, samples = chunk(lrs, carry)
     modes.append(np.asarray(covered))
     quality.append(np.asarray(hq))
-    progress.set_postfix(modes=f'{np.mean(modes[-1]):.1f}',
-                         hq=f'{np.mean(quality[-1]):.2f}')
+    progress.set_postfix(modes=f'{np.mean(modes[-1]):.1f}', hq=f'{np.mean(quality[-1]):.2f}')
     progress.update(args.eval_every)
-  return {'modes': np.stack(modes, 1), 'quality': np.stack(quality, 1),
-          'samples': np.asarray(samples), 'wall_s': time.perf_counter() - start}
+  return {
+    'modes': np.stack(modes, 1),
+    'quality': np.stack(quality, 1),
+    'samples': np.asarray(samples),
+    'wall_s': time.perf_counter() - start,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -205,8 +218,7 @@ def plot_samples(path: str, entries: list[dict], std: float) -> str:
   from matplotlib.figure import Figure
 
   ncols = max(len(e['seeds']) for e in entries)
-  fig = Figure(figsize=(1.75 * ncols + 0.6, 1.75 * len(entries) + 0.5),
-               layout='constrained')
+  fig = Figure(figsize=(1.75 * ncols + 0.6, 1.75 * len(entries) + 0.5), layout='constrained')
   FigureCanvasAgg(fig)
   axes = fig.subplots(len(entries), ncols, squeeze=False)
   c = np.asarray(centers())
@@ -223,16 +235,16 @@ def plot_samples(path: str, entries: list[dict], std: float) -> str:
         ax.axis('off')
         continue
       xy = e['samples'][col]
-      ax.scatter(xy[:, 0], xy[:, 1], s=1, alpha=0.3, color='tab:blue',
-                 rasterized=True)
+      ax.scatter(xy[:, 0], xy[:, 1], s=1, alpha=0.3, color='tab:blue', rasterized=True)
       for cx, cy in c:
         ax.add_patch(_circle((cx, cy), 3 * std))
-      ax.set_title(f'seed {e["seeds"][col]}: {e["modes"][col, -1]} modes, '
-                   f'hq {e["quality"][col, -1]:.2f}', fontsize=6.5)
+      ax.set_title(
+        f'seed {e["seeds"][col]}: {e["modes"][col, -1]} modes, hq {e["quality"][col, -1]:.2f}',
+        fontsize=6.5,
+      )
       if col == 0:
         ax.set_ylabel(e['label'], fontsize=7.5)
-  fig.suptitle('Generator samples at the end (circles: 3 std around each mode)',
-               fontsize=9)
+  fig.suptitle('Generator samples at the end (circles: 3 std around each mode)', fontsize=9)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=80)
   return path
@@ -240,6 +252,7 @@ def plot_samples(path: str, entries: list[dict], std: float) -> str:
 
 def _circle(center, radius):
   from matplotlib.patches import Circle
+
   return Circle(center, radius, fill=False, color='tab:red', lw=0.6)
 
 
@@ -249,35 +262,62 @@ def _circle(center, radius):
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--steps', type=int, default=20000,
-                      help='training iterations (one D and one G step each) '
-                           '(default: %(default)s)')
-  parser.add_argument('--seeds', type=int, default=5,
-                      help='runs per setting, seeds 0..N-1 (default: %(default)s)')
-  parser.add_argument('--eval-every', type=int, default=1000,
-                      help='iterations between evaluations (default: %(default)s)')
-  parser.add_argument('--lrs', type=_common.comma_list(), default='2e-4,1e-3',
-                      help='learning rates, each run for every setting and '
-                           'seed (default: %(default)s)')
-  parser.add_argument('--b1s', type=_common.comma_list(), default='0.5,0.9',
-                      help='beta1 values (default: %(default)s)')
-  parser.add_argument('--optimizers', type=_common.comma_list(OPTIMIZERS),
-                      default=list(OPTIMIZERS),
-                      help='comma-separated subset of: ' + ','.join(OPTIMIZERS))
-  parser.add_argument('--batch-size', type=int, default=128,
-                      help='real and fake samples per step (default: %(default)s)')
-  parser.add_argument('--hidden', type=int, default=64,
-                      help='width of the MLPs (default: %(default)s)')
-  parser.add_argument('--latent', type=int, default=2,
-                      help='latent dimension (default: %(default)s)')
-  parser.add_argument('--std', type=float, default=0.02,
-                      help='std of each Gaussian (default: %(default)s)')
-  parser.add_argument('--out', default=os.path.join('results', 'gan_2d'),
-                      help='output directory (default: %(default)s)')
-  parser.add_argument('--no-progress', action='store_true',
-                      help='hide the progress bar')
+    description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    '--steps',
+    type=int,
+    default=20000,
+    help='training iterations (one D and one G step each) (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--seeds', type=int, default=5, help='runs per setting, seeds 0..N-1 (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--eval-every',
+    type=int,
+    default=1000,
+    help='iterations between evaluations (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--lrs',
+    type=_common.comma_list(),
+    default='2e-4,1e-3',
+    help='learning rates, each run for every setting and seed (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--b1s',
+    type=_common.comma_list(),
+    default='0.5,0.9',
+    help='beta1 values (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--optimizers',
+    type=_common.comma_list(OPTIMIZERS),
+    default=list(OPTIMIZERS),
+    help='comma-separated subset of: ' + ','.join(OPTIMIZERS),
+  )
+  parser.add_argument(
+    '--batch-size',
+    type=int,
+    default=128,
+    help='real and fake samples per step (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--hidden', type=int, default=64, help='width of the MLPs (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--latent', type=int, default=2, help='latent dimension (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--std', type=float, default=0.02, help='std of each Gaussian (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--out',
+    default=os.path.join('results', 'gan_2d'),
+    help='output directory (default: %(default)s)',
+  )
+  parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
   args = parser.parse_args(argv)
   try:
     args.lrs = [float(v) for v in args.lrs]
@@ -286,8 +326,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     raise SystemExit(f'--lrs/--b1s: {error}') from error
   if min(args.lrs) <= 0 or not all(0 <= b < 1 for b in args.b1s):
     raise SystemExit('learning rates must be > 0 and beta1 in [0, 1)')
-  _common.check_positive(args, 'steps', 'seeds', 'eval_every', 'batch_size',
-                         'hidden', 'latent')
+  _common.check_positive(args, 'steps', 'seeds', 'eval_every', 'batch_size', 'hidden', 'latent')
   if args.steps % args.eval_every:
     raise SystemExit('--steps must be a multiple of --eval-every')
   return args
@@ -296,9 +335,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
   settings = [(opt, b1) for opt in args.optimizers for b1 in args.b1s]
-  print(f'8-Gaussian ring GAN: {len(settings)} settings x {len(args.lrs)} '
-        f'lr(s) x {args.seeds} seeds, {args.steps} iterations, batch '
-        f'{args.batch_size}, device {jax.devices()[0].device_kind}')
+  print(
+    f'8-Gaussian ring GAN: {len(settings)} settings x {len(args.lrs)} '
+    f'lr(s) x {args.seeds} seeds, {args.steps} iterations, batch '
+    f'{args.batch_size}, device {jax.devices()[0].device_kind}'
+  )
   # Every run of a setting, as (lr, seed) pairs; trained together.
   run_lrs = np.repeat(np.asarray(args.lrs), args.seeds)
   run_seeds = np.tile(np.arange(args.seeds), len(args.lrs))
@@ -312,13 +353,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
       out = train_setting(opt, b1, run_lrs, run_seeds, args, progress)
       for lr in args.lrs:
         idx = np.flatnonzero(run_lrs == lr)
-        entries.append({
-            'optimizer': opt, 'b1': b1, 'lr': lr,
-            'label': f'{opt} b1={b1:g}' + (f' lr={lr:g}' if len(args.lrs) > 1
-                                          else ''),
-            'seeds': run_seeds[idx], 'modes': out['modes'][idx],
-            'quality': out['quality'][idx], 'samples': out['samples'][idx],
-            'wall_s': out['wall_s'] / len(args.lrs)})
+        entries.append(
+          {
+            'optimizer': opt,
+            'b1': b1,
+            'lr': lr,
+            'label': f'{opt} b1={b1:g}' + (f' lr={lr:g}' if len(args.lrs) > 1 else ''),
+            'seeds': run_seeds[idx],
+            'modes': out['modes'][idx],
+            'quality': out['quality'][idx],
+            'samples': out['samples'][idx],
+            'wall_s': out['wall_s'] / len(args.lrs),
+          }
+        )
   wall = time.perf_counter() - start
 
   rows, results = [], []
@@ -330,69 +377,88 @@ def main(argv: Sequence[str] | None = None) -> dict:
     mean_hq, std_hq = _common.mean_std(hq_end)
     # Stability over the second half of training: mean modes and the number
     # of evaluations at which a run covered all 8.
-    half = e['modes'][:, e['modes'].shape[1] // 2:]
-    rows.append({
-        'optimizer': e['optimizer'], 'b1': f"{e['b1']:g}", 'lr': f"{e['lr']:g}",
-        f'modes at end (of 8, {n} seeds)': _common.format_mean_std(
-            mean_modes, std_modes, 1),
+    half = e['modes'][:, e['modes'].shape[1] // 2 :]
+    rows.append(
+      {
+        'optimizer': e['optimizer'],
+        'b1': f'{e["b1"]:g}',
+        'lr': f'{e["lr"]:g}',
+        f'modes at end (of 8, {n} seeds)': _common.format_mean_std(mean_modes, std_modes, 1),
         'high-quality at end': _common.format_mean_std(mean_hq, std_hq, 2),
-        'collapsed (<8 modes at end)':
-            f'{int(round(collapsed * n))}/{n} ({collapsed:.0%})',
+        'collapsed (<8 modes at end)': f'{round(collapsed * n)}/{n} ({collapsed:.0%})',
         'modes, 2nd half (mean)': f'{half.mean():.2f}',
-        'wall (s)': f"{e['wall_s']:.0f}",
-    })
-    results.append({
-        'optimizer': e['optimizer'], 'b1': e['b1'], 'lr': e['lr'],
-        'seeds': e['seeds'], 'modes_end_mean': mean_modes,
-        'modes_end_std': std_modes, 'quality_end_mean': mean_hq,
-        'quality_end_std': std_hq, 'collapsed_fraction': collapsed,
+        'wall (s)': f'{e["wall_s"]:.0f}',
+      }
+    )
+    results.append(
+      {
+        'optimizer': e['optimizer'],
+        'b1': e['b1'],
+        'lr': e['lr'],
+        'seeds': e['seeds'],
+        'modes_end_mean': mean_modes,
+        'modes_end_std': std_modes,
+        'quality_end_mean': mean_hq,
+        'quality_end_std': std_hq,
+        'collapsed_fraction': collapsed,
         'modes_second_half_mean': float(half.mean()),
-        'eval_steps': list(range(args.eval_every, args.steps + 1,
-                                 args.eval_every)),
-        'modes': e['modes'], 'quality': e['quality'], 'wall_s': e['wall_s']})
+        'eval_steps': list(range(args.eval_every, args.steps + 1, args.eval_every)),
+        'modes': e['modes'],
+        'quality': e['quality'],
+        'wall_s': e['wall_s'],
+      }
+    )
   table = _common.markdown_table(rows)
   summary_lines = []
   for opt in args.optimizers:
     mine = [r for r in results if r['optimizer'] == opt]
     modes_end = np.concatenate([np.asarray(r['modes'])[:, -1] for r in mine])
-    best = max(mine, key=lambda r: (r['modes_end_mean'],
-                                    -r['collapsed_fraction']))
+    best = max(mine, key=lambda r: (r['modes_end_mean'], -r['collapsed_fraction']))
     summary_lines.append(
-        f'{opt}, all {len(mine)} settings pooled ({len(modes_end)} runs): '
-        f'{modes_end.mean():.2f} modes at end, '
-        f'{np.mean(modes_end < NUM_MODES):.0%} collapsed; best setting b1='
-        f"{best['b1']:g} lr={best['lr']:g}: {best['modes_end_mean']:.1f} "
-        f"modes, {best['collapsed_fraction']:.0%} collapsed.")
+      f'{opt}, all {len(mine)} settings pooled ({len(modes_end)} runs): '
+      f'{modes_end.mean():.2f} modes at end, '
+      f'{np.mean(modes_end < NUM_MODES):.0%} collapsed; best setting b1='
+      f'{best["b1"]:g} lr={best["lr"]:g}: {best["modes_end_mean"]:.1f} '
+      f'modes, {best["collapsed_fraction"]:.0%} collapsed.'
+    )
   summary = '\n'.join(f'- {line}' for line in summary_lines)
   print('\n' + table + '\n\n' + summary)
 
-  samples_path = plot_samples(os.path.join(args.out, 'samples.png'), entries,
-                              args.std)
+  samples_path = plot_samples(os.path.join(args.out, 'samples.png'), entries, args.std)
   curves_path = _common.plot_curves(
-      os.path.join(args.out, 'curves.png'),
-      [('modes covered (of 8)', {e['label']: e['modes'] for e in entries}),
-       ('high-quality fraction', {e['label']: e['quality'] for e in entries})],
-      xlabel=f'evaluation (every {args.eval_every} iterations)',
-      title=f'8-Gaussian ring GAN, mean ± std over {n} seed(s)')
+    os.path.join(args.out, 'curves.png'),
+    [
+      ('modes covered (of 8)', {e['label']: e['modes'] for e in entries}),
+      ('high-quality fraction', {e['label']: e['quality'] for e in entries}),
+    ],
+    xlabel=f'evaluation (every {args.eval_every} iterations)',
+    title=f'8-Gaussian ring GAN, mean ± std over {n} seed(s)',
+  )
   notes = (
-      f'{args.steps} iterations (1 D + 1 G step each), batch '
-      f'{args.batch_size}, MLPs 2x{args.hidden} ReLU, latent {args.latent}, '
-      f'ring radius {RADIUS:g}, std {args.std:g}; seeds 0..{n - 1}, shared by '
-      'every setting (same initial weights and data). Every optimizer uses the '
-      f'same learning rate(s) {args.lrs} and beta2 0.999; Adam eps 1e-8, '
-      'AdaBelief eps = eps_root = 1e-12. Evaluated on 2,000 samples: a mode is '
-      f'covered if >= 100 samples lie within 3 std ({3 * args.std:g}) of it; '
-      'high-quality = fraction of samples within 3 std of some mode; '
-      'collapsed = fewer than 8 modes covered at the end. "modes, 2nd half" '
-      'averages the modes covered over the evaluations of the second half '
-      f'(a stability measure). Total wall time {wall:.0f} s.\n\n{summary}'
-      f'\n\n![samples]({os.path.basename(samples_path)})\n\n'
-      f'![curves]({os.path.basename(curves_path)})')
-  data = {'config': vars(args), 'environment': _common.environment(),
-          'wall_time_s': wall, 'summary': summary_lines, 'results': results}
+    f'{args.steps} iterations (1 D + 1 G step each), batch '
+    f'{args.batch_size}, MLPs 2x{args.hidden} ReLU, latent {args.latent}, '
+    f'ring radius {RADIUS:g}, std {args.std:g}; seeds 0..{n - 1}, shared by '
+    'every setting (same initial weights and data). Every optimizer uses the '
+    f'same learning rate(s) {args.lrs} and beta2 0.999; Adam eps 1e-8, '
+    'AdaBelief eps = eps_root = 1e-12. Evaluated on 2,000 samples: a mode is '
+    f'covered if >= 100 samples lie within 3 std ({3 * args.std:g}) of it; '
+    'high-quality = fraction of samples within 3 std of some mode; '
+    'collapsed = fewer than 8 modes covered at the end. "modes, 2nd half" '
+    'averages the modes covered over the evaluations of the second half '
+    f'(a stability measure). Total wall time {wall:.0f} s.\n\n{summary}'
+    f'\n\n![samples]({os.path.basename(samples_path)})\n\n'
+    f'![curves]({os.path.basename(curves_path)})'
+  )
+  data = {
+    'config': vars(args),
+    'environment': _common.environment(),
+    'wall_time_s': wall,
+    'summary': summary_lines,
+    'results': results,
+  }
   md_path, json_path = _common.write_results(
-      args.out, title='8-Gaussian ring GAN: AdaBelief vs. Adam', table=table,
-      notes=notes, data=data)
+    args.out, title='8-Gaussian ring GAN: AdaBelief vs. Adam', table=table, notes=notes, data=data
+  )
   print(f'\nwrote {md_path}, {json_path}, {samples_path}, {curves_path}')
   return data
 

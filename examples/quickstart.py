@@ -37,8 +37,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,18 +49,19 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-import _common
 import adabelief_jax
 
 # name -> (default learning rate, constructor(lr, weight_decay)).
 OPTIMIZERS: dict[str, tuple[float, Callable[[float, float], optax.GradientTransformation]]] = {
-    'adabelief': (1e-3, lambda lr, wd: adabelief_jax.adabelief(
-        lr, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-8,
-        weight_decay=wd, weight_decay_mode='decoupled')),
-    'adam': (1e-3, lambda lr, wd: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)),
-    'adamw': (1e-3, lambda lr, wd: optax.adamw(
-        lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)),
-    'sgd': (5e-2, lambda lr, wd: optax.sgd(lr, momentum=0.9)),
+  'adabelief': (
+    1e-3,
+    lambda lr, wd: adabelief_jax.adabelief(
+      lr, b1=0.9, b2=0.999, eps=1e-8, eps_root=1e-8, weight_decay=wd, weight_decay_mode='decoupled'
+    ),
+  ),
+  'adam': (1e-3, lambda lr, wd: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)),
+  'adamw': (1e-3, lambda lr, wd: optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)),
+  'sgd': (5e-2, lambda lr, wd: optax.sgd(lr, momentum=0.9)),
 }
 
 
@@ -73,7 +75,8 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   images = (digits.images / 16.0).astype(np.float32)[..., None]  # 0..16 -> 0..1
   labels = digits.target.astype(np.int32)
   x_train, x_test, y_train, y_test = train_test_split(
-      images, labels, test_size=0.25, stratify=labels, random_state=0)
+    images, labels, test_size=0.25, stratify=labels, random_state=0
+  )
   return x_train, y_train, x_test, y_test
 
 
@@ -87,8 +90,8 @@ class CNN(nnx.Module):
     self.dense2 = nnx.Linear(64, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nnx.relu(self.conv1(x))                      # (N, 8, 8, 16)
-    x = nnx.relu(self.conv2(x))                      # (N, 8, 8, 32)
+    x = nnx.relu(self.conv1(x))  # (N, 8, 8, 16)
+    x = nnx.relu(self.conv2(x))  # (N, 8, 8, 32)
     x = nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2))  # (N, 4, 4, 32)
     x = x.reshape(x.shape[0], -1)
     x = nnx.relu(self.dense1(x))
@@ -105,8 +108,7 @@ def loss_fn(model: CNN, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 @nnx.jit
-def train_step(model: CNN, optimizer: nnx.Optimizer, x: jax.Array,
-               y: jax.Array) -> jax.Array:
+def train_step(model: CNN, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
   """One minibatch step; updates ``model`` and ``optimizer`` in place."""
   loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
   optimizer.update(model, grads)  # flax >= 0.11: the model is passed explicitly.
@@ -118,8 +120,9 @@ def accuracy(model: CNN, x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(model(x), axis=-1) == y)
 
 
-def train_one(tx: optax.GradientTransformation, seed: int, data, *,
-              epochs: int, batch_size: int, progress: tqdm) -> dict:
+def train_one(
+  tx: optax.GradientTransformation, seed: int, data, *, epochs: int, batch_size: int, progress: tqdm
+) -> dict:
   """Trains a fresh model with ``tx``; per-epoch train loss and test accuracy.
 
   ``tx`` is the same object for every seed of an optimizer, so ``train_step``
@@ -127,15 +130,15 @@ def train_one(tx: optax.GradientTransformation, seed: int, data, *,
   """
   x_train, y_train, x_test, y_test = data
   rng = _common.seed_everything(seed)  # Batch order.
-  model = CNN(rngs=nnx.Rngs(seed))     # Parameter init.
+  model = CNN(rngs=nnx.Rngs(seed))  # Parameter init.
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   # train_step with model and optimizer bound: nnx.cached_partial skips the
   # per-call traversal of their object graphs (about 1/3 of a step here).
   step = nnx.cached_partial(train_step, model, optimizer)
-  steps = len(x_train) // batch_size   # Drops the last partial batch.
+  steps = len(x_train) // batch_size  # Drops the last partial batch.
   train_loss, test_acc = [], []
   for _ in range(epochs):
-    perm = rng.permutation(len(x_train))[:steps * batch_size]
+    perm = rng.permutation(len(x_train))[: steps * batch_size]
     xb = x_train[perm].reshape(steps, batch_size, *x_train.shape[1:])
     yb = y_train[perm].reshape(steps, batch_size)
     # Keep the losses on device; one host sync per epoch, not per step.
@@ -157,30 +160,32 @@ def compile_steps(tx: optax.GradientTransformation, data, batch_size: int) -> fl
   start = time.perf_counter()
   model = CNN(rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  jax.block_until_ready((
+  jax.block_until_ready(
+    (
       train_step(model, optimizer, x_train[:batch_size], y_train[:batch_size]),
-      accuracy(model, x_test, y_test)))
+      accuracy(model, x_test, y_test),
+    )
+  )
   return time.perf_counter() - start
 
 
-def summarize(name: str, lr: float, runs: list[dict], wall: float,
-              compile_time: float) -> dict:
-  acc = np.array([r['test_acc'] for r in runs])      # (seeds, epochs)
+def summarize(name: str, lr: float, runs: list[dict], wall: float, compile_time: float) -> dict:
+  acc = np.array([r['test_acc'] for r in runs])  # (seeds, epochs)
   loss = np.array([r['train_loss'] for r in runs])
   mean_curve = acc.mean(axis=0)
   best = int(np.argmax(mean_curve))
   final_mean, final_std = _common.mean_std(acc[:, -1])
   return {
-      'optimizer': name,
-      'learning_rate': lr,
-      'test_acc_mean': final_mean,
-      'test_acc_std': final_std,
-      'best_epoch': best + 1,
-      'best_test_acc_mean': float(mean_curve[best]),
-      'final_train_loss_mean': float(loss[:, -1].mean()),
-      'train_time_s': wall,
-      'compile_time_s': compile_time,
-      'runs': runs,
+    'optimizer': name,
+    'learning_rate': lr,
+    'test_acc_mean': final_mean,
+    'test_acc_std': final_std,
+    'best_epoch': best + 1,
+    'best_test_acc_mean': float(mean_curve[best]),
+    'final_train_loss_mean': float(loss[:, -1].mean()),
+    'train_time_s': wall,
+    'compile_time_s': compile_time,
+    'runs': runs,
   }
 
 
@@ -190,17 +195,29 @@ def summarize(name: str, lr: float, runs: list[dict], wall: float,
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  _common.add_common_args(parser, epochs=40, seeds=3, batch_size=32,
-                          out=os.path.join('results', 'quickstart'),
-                          optimizers=list(OPTIMIZERS))
+    description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  _common.add_common_args(
+    parser,
+    epochs=40,
+    seeds=3,
+    batch_size=32,
+    out=os.path.join('results', 'quickstart'),
+    optimizers=list(OPTIMIZERS),
+  )
   for name, (lr, _) in OPTIMIZERS.items():
-    parser.add_argument(f'--lr-{name}', type=float, default=lr,
-                        help=f'learning rate for {name} (default: %(default)s)')
-  parser.add_argument('--weight-decay', type=float, default=1e-4,
-                      help='decoupled weight decay of adamw and adabelief '
-                           '(default: %(default)s)')
+    parser.add_argument(
+      f'--lr-{name}',
+      type=float,
+      default=lr,
+      help=f'learning rate for {name} (default: %(default)s)',
+    )
+  parser.add_argument(
+    '--weight-decay',
+    type=float,
+    default=1e-4,
+    help='decoupled weight decay of adamw and adabelief (default: %(default)s)',
+  )
   args = parser.parse_args(argv)
   _common.check_positive(args, 'epochs', 'seeds', 'batch_size')
   return args
@@ -211,9 +228,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   data = load_data()
   if args.batch_size > len(data[0]):
     raise SystemExit(f'--batch-size must be <= {len(data[0])}')
-  print(f'digits: {len(data[0])} train / {len(data[2])} test images, '
-        f'{args.epochs} epochs x {args.seeds} seeds, batch {args.batch_size}, '
-        f'device {jax.devices()[0].device_kind}')
+  print(
+    f'digits: {len(data[0])} train / {len(data[2])} test images, '
+    f'{args.epochs} epochs x {args.seeds} seeds, batch {args.batch_size}, '
+    f'device {jax.devices()[0].device_kind}'
+  )
 
   # One-off start-up cost of the first compilation in a process (a few
   # seconds), paid here so that it is not billed to the first optimizer.
@@ -231,46 +250,59 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       runs = []
       for seed in range(args.seeds):
         progress.set_description(f'{name} seed {seed}')
-        runs.append(train_one(tx, seed, data, epochs=args.epochs,
-                              batch_size=args.batch_size, progress=progress))
-      summaries.append(summarize(name, lr, runs, time.perf_counter() - start,
-                                 compile_time))
+        runs.append(
+          train_one(
+            tx, seed, data, epochs=args.epochs, batch_size=args.batch_size, progress=progress
+          )
+        )
+      summaries.append(summarize(name, lr, runs, time.perf_counter() - start, compile_time))
 
-  rows = [{
+  rows = [
+    {
       'optimizer': s['optimizer'],
       'lr': s['learning_rate'],
-      f'test acc (mean ± std, {args.seeds} seed{"s" * (args.seeds > 1)})':
-          _common.format_mean_std(s['test_acc_mean'], s['test_acc_std']),
-      'best epoch (acc)': f"{s['best_epoch']} ({s['best_test_acc_mean']:.4f})",
-      'final train loss': f"{s['final_train_loss_mean']:.4g}",
-      'train time (s)': f"{s['train_time_s']:.1f}",
-      'compile (s)': f"{s['compile_time_s']:.1f}",
-  } for s in summaries]
+      f'test acc (mean ± std, {args.seeds} seed{"s" * (args.seeds > 1)})': _common.format_mean_std(
+        s['test_acc_mean'], s['test_acc_std']
+      ),
+      'best epoch (acc)': f'{s["best_epoch"]} ({s["best_test_acc_mean"]:.4f})',
+      'final train loss': f'{s["final_train_loss_mean"]:.4g}',
+      'train time (s)': f'{s["train_time_s"]:.1f}',
+      'compile (s)': f'{s["compile_time_s"]:.1f}',
+    }
+    for s in summaries
+  ]
   table = _common.markdown_table(rows)
   print('\n' + table)
 
   plot_path = _common.plot_curves(
-      os.path.join(args.out, 'curves.png'),
-      [('train loss', {s['optimizer']: [r['train_loss'] for r in s['runs']]
-                       for s in summaries}),
-       ('test accuracy', {s['optimizer']: [r['test_acc'] for r in s['runs']]
-                          for s in summaries})],
-      log_y=[True, False],
-      title=f'load_digits CNN, mean ± std over {args.seeds} seed(s)')
+    os.path.join(args.out, 'curves.png'),
+    [
+      ('train loss', {s['optimizer']: [r['train_loss'] for r in s['runs']] for s in summaries}),
+      ('test accuracy', {s['optimizer']: [r['test_acc'] for r in s['runs']] for s in summaries}),
+    ],
+    log_y=[True, False],
+    title=f'load_digits CNN, mean ± std over {args.seeds} seed(s)',
+  )
   notes = (
-      f'Flax NNX CNN on scikit-learn `load_digits` (8x8), {len(data[0])} train / '
-      f'{len(data[2])} test images; {args.epochs} epochs, batch {args.batch_size}, '
-      f'seeds 0..{args.seeds - 1}. Test accuracy after the last epoch; best epoch '
-      'maximizes the seed-mean test accuracy; train time is the wall time of all '
-      'seeds (per-epoch evaluation included), compile the one-off compilation. AdaBelief: eps=eps_root=1e-8, decoupled weight '
-      f'decay {args.weight_decay}; AdamW: weight decay {args.weight_decay}.'
-      f'\n\n![curves]({os.path.basename(plot_path)})')
+    f'Flax NNX CNN on scikit-learn `load_digits` (8x8), {len(data[0])} train / '
+    f'{len(data[2])} test images; {args.epochs} epochs, batch {args.batch_size}, '
+    f'seeds 0..{args.seeds - 1}. Test accuracy after the last epoch; best epoch '
+    'maximizes the seed-mean test accuracy; train time is the wall time of all '
+    'seeds (per-epoch evaluation included), compile the one-off compilation. AdaBelief: eps=eps_root=1e-8, decoupled weight '
+    f'decay {args.weight_decay}; AdamW: weight decay {args.weight_decay}.'
+    f'\n\n![curves]({os.path.basename(plot_path)})'
+  )
   md_path, json_path = _common.write_results(
-      args.out, title='Quickstart: AdaBelief vs. Adam, AdamW, SGD',
-      table=table, notes=notes,
-      data={'config': {k: v for k, v in vars(args).items()},
-            'environment': _common.environment(),
-            'results': summaries})
+    args.out,
+    title='Quickstart: AdaBelief vs. Adam, AdamW, SGD',
+    table=table,
+    notes=notes,
+    data={
+      'config': {k: v for k, v in vars(args).items()},
+      'environment': _common.environment(),
+      'results': summaries,
+    },
+  )
   print(f'\nwrote {md_path}, {json_path}, {plot_path}')
   return summaries
 

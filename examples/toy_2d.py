@@ -43,15 +43,16 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-import _common
 import adabelief_jax
 
 
@@ -80,33 +81,30 @@ def _quadratic(p):
 
 def _beale(p):
   x, y = p
-  return ((1.5 - x + x * y) ** 2 + (2.25 - x + x * y ** 2) ** 2
-          + (2.625 - x + x * y ** 3) ** 2)
+  return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
 def _rosenbrock(p):
   x, y = p
-  return (1 - x) ** 2 + 100 * (y - x ** 2) ** 2
+  return (1 - x) ** 2 + 100 * (y - x**2) ** 2
 
 
 PROBLEMS: dict[str, Problem] = {
-    'abs': Problem('|x| + |y|', _abs, (-2.5, 1.0), (0.0, 0.0),
-                   (-3.0, 3.0, -3.0, 3.0)),
-    'abs_rotated': Problem('|x+y| + |x-y|/10', _abs_rotated, (2.5, 0.5),
-                           (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)),
-    'quadratic': Problem('(x+y)^2 + (x-y)^2/10', _quadratic, (2.5, 0.5),
-                         (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)),
-    'beale': Problem('Beale', _beale, (1.0, 1.5), (3.0, 0.5),
-                     (-0.5, 4.0, -1.0, 2.5)),
-    'rosenbrock': Problem('Rosenbrock', _rosenbrock, (-1.2, 1.0), (1.0, 1.0),
-                          (-2.0, 2.0, -1.0, 3.0)),
+  'abs': Problem('|x| + |y|', _abs, (-2.5, 1.0), (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)),
+  'abs_rotated': Problem(
+    '|x+y| + |x-y|/10', _abs_rotated, (2.5, 0.5), (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)
+  ),
+  'quadratic': Problem(
+    '(x+y)^2 + (x-y)^2/10', _quadratic, (2.5, 0.5), (0.0, 0.0), (-3.0, 3.0, -3.0, 3.0)
+  ),
+  'beale': Problem('Beale', _beale, (1.0, 1.5), (3.0, 0.5), (-0.5, 4.0, -1.0, 2.5)),
+  'rosenbrock': Problem('Rosenbrock', _rosenbrock, (-1.2, 1.0), (1.0, 1.0), (-2.0, 2.0, -1.0, 3.0)),
 }
 
 OPTIMIZERS: dict[str, Callable[[jax.Array], optax.GradientTransformation]] = {
-    'sgd': lambda lr: optax.sgd(lr, momentum=0.9),
-    'adam': lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8),
-    'adabelief': lambda lr: adabelief_jax.adabelief(
-        lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16),
+  'sgd': lambda lr: optax.sgd(lr, momentum=0.9),
+  'adam': lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8),
+  'adabelief': lambda lr: adabelief_jax.adabelief(lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16),
 }
 
 COLORS = {'sgd': 'tab:green', 'adam': 'tab:blue', 'adabelief': 'tab:red'}
@@ -118,8 +116,9 @@ DEFAULT_LRS = '1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1'
 # Trajectories.
 
 
-def trajectories(problem: Problem, optimizer: str, lrs: np.ndarray,
-                 starts: np.ndarray, steps: int) -> np.ndarray:
+def trajectories(
+  problem: Problem, optimizer: str, lrs: np.ndarray, starts: np.ndarray, steps: int
+) -> np.ndarray:
   """Points visited, shape (len(lrs), len(starts), steps + 1, 2), float32.
 
   One ``lax.scan`` per trajectory, vmapped over starts and learning rates;
@@ -140,10 +139,8 @@ def trajectories(problem: Problem, optimizer: str, lrs: np.ndarray,
     _, path = jax.lax.scan(step, (p0, tx.init(p0)), None, length=steps)
     return jnp.concatenate([p0[None], path])
 
-  batched = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0)),
-                             in_axes=(0, None)))
-  return np.asarray(batched(jnp.asarray(lrs, jnp.float32),
-                            jnp.asarray(starts, jnp.float32)))
+  batched = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None)))
+  return np.asarray(batched(jnp.asarray(lrs, jnp.float32), jnp.asarray(starts, jnp.float32)))
 
 
 def distances(paths: np.ndarray, optimum: Sequence[float]) -> np.ndarray:
@@ -175,8 +172,8 @@ def starts_for(problem: Problem, seeds: int) -> np.ndarray:
 
 class Stats(NamedTuple):
   lr: float
-  steps: np.ndarray   # (seeds,) step from which within tol, inf if never.
-  final: np.ndarray   # (seeds,) final distance (inf if diverged).
+  steps: np.ndarray  # (seeds,) step from which within tol, inf if never.
+  final: np.ndarray  # (seeds,) final distance (inf if diverged).
 
   @property
   def reached(self) -> int:
@@ -201,9 +198,14 @@ class Stats(NamedTuple):
     return text
 
   def to_json(self) -> dict:
-    return {'lr': self.lr, 'steps': self.steps, 'final_distance': self.final,
-            'reached': self.reached, 'median_steps': self.median_steps(),
-            'median_final_distance': self.median_final()}
+    return {
+      'lr': self.lr,
+      'steps': self.steps,
+      'final_distance': self.final,
+      'reached': self.reached,
+      'median_steps': self.median_steps(),
+      'median_final_distance': self.median_final(),
+    }
 
 
 # ----------------------------------------------------------------------------
@@ -217,8 +219,9 @@ def _contour(ax, problem: Problem) -> None:
   z = np.log10(z - float(problem.f(jnp.asarray(problem.optimum))) + 1e-3)
   ax.contourf(xs, ys, z, levels=30, cmap='Greys', alpha=0.55)
   ax.contour(xs, ys, z, levels=15, colors='grey', linewidths=0.4, alpha=0.6)
-  ax.plot(*problem.optimum, marker='*', color='gold', markersize=13,
-          markeredgecolor='black', zorder=5)
+  ax.plot(
+    *problem.optimum, marker='*', color='gold', markersize=13, markeredgecolor='black', zorder=5
+  )
   ax.set_xlim(x0, x1)
   ax.set_ylim(y0, y1)
   ax.set_aspect('equal', adjustable='box')
@@ -239,13 +242,26 @@ def plot_trajectories(path: str, results: dict, steps: int) -> str:
       _contour(ax, problem)
       for opt, entry in results[name]['optimizers'].items():
         stats, path_xy = entry[which], entry[f'{which}_path']
-        ax.plot(path_xy[:, 0], path_xy[:, 1], color=COLORS.get(opt), lw=1.2,
-                ls=STYLES.get(opt, '-'), label=f'{opt} (lr {stats.lr:g})',
-                alpha=0.9)
+        ax.plot(
+          path_xy[:, 0],
+          path_xy[:, 1],
+          color=COLORS.get(opt),
+          lw=1.2,
+          ls=STYLES.get(opt, '-'),
+          label=f'{opt} (lr {stats.lr:g})',
+          alpha=0.9,
+        )
         for t, marker in ((100, 'o'), (1000, 'X')):  # Speed along the path.
           if t < len(path_xy):
-            ax.plot(*path_xy[t], marker=marker, ms=5, color=COLORS.get(opt),
-                    markeredgecolor='black', markeredgewidth=0.4, zorder=4)
+            ax.plot(
+              *path_xy[t],
+              marker=marker,
+              ms=5,
+              color=COLORS.get(opt),
+              markeredgecolor='black',
+              markeredgewidth=0.4,
+              zorder=4,
+            )
       ax.plot(*problem.start, marker='s', ms=5, color='black')
       ax.legend(fontsize=6.5, loc='best', framealpha=0.8)
       if row == 0:
@@ -253,8 +269,11 @@ def plot_trajectories(path: str, results: dict, steps: int) -> str:
       ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel('shared lr', fontsize=10)
     axes[1, 0].set_ylabel('tuned lr (best of grid)', fontsize=10)
-  fig.suptitle(f'{steps} steps from the same start (black square); star: '
-               'optimum; o / X: position after 100 / 1000 steps', fontsize=10)
+  fig.suptitle(
+    f'{steps} steps from the same start (black square); star: '
+    'optimum; o / X: position after 100 / 1000 steps',
+    fontsize=10,
+  )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=80)
   return path
@@ -271,9 +290,14 @@ def plot_distances(path: str, results: dict, tol: float) -> str:
   for ax, name in zip(axes, names):
     for opt, entry in results[name]['optimizers'].items():
       d = entry['tuned_dist']
-      ax.plot(np.arange(1, len(d) + 1), np.maximum(d, 1e-8),
-              color=COLORS.get(opt), lw=1.0, ls=STYLES.get(opt, '-'),
-              label=f'{opt} (lr {entry["tuned"].lr:g})')
+      ax.plot(
+        np.arange(1, len(d) + 1),
+        np.maximum(d, 1e-8),
+        color=COLORS.get(opt),
+        lw=1.0,
+        ls=STYLES.get(opt, '-'),
+        label=f'{opt} (lr {entry["tuned"].lr:g})',
+      )
     ax.axhline(tol, color='black', ls=':', lw=0.8)
     ax.set_xscale('log')
     ax.set_yscale('log')
@@ -284,8 +308,9 @@ def plot_distances(path: str, results: dict, tol: float) -> str:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6.5)
   axes[0].set_ylabel('distance to optimum', fontsize=8)
-  fig.suptitle('Tuned lr, canonical start; dotted: tolerance; '
-               'distances below 1e-8 drawn at 1e-8', fontsize=10)
+  fig.suptitle(
+    'Tuned lr, canonical start; dotted: tolerance; distances below 1e-8 drawn at 1e-8', fontsize=10
+  )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=80)
   return path
@@ -297,32 +322,52 @@ def plot_distances(path: str, results: dict, tol: float) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--steps', type=int, default=10000,
-                      help='optimizer steps per trajectory (default: %(default)s)')
-  parser.add_argument('--seeds', type=int, default=5,
-                      help='starting points per problem: seed 0 is the '
-                           'canonical start, others perturb it '
-                           '(default: %(default)s)')
-  parser.add_argument('--lr', type=float, default=1e-3,
-                      help='the shared learning rate (default: %(default)s)')
-  parser.add_argument('--lrs', type=_common.comma_list(), default=DEFAULT_LRS,
-                      help='learning-rate grid for the tuned comparison '
-                           '(default: %(default)s)')
-  parser.add_argument('--tol', type=float, default=1e-3,
-                      help='distance to the optimum that counts as reached '
-                           '(default: %(default)s)')
-  parser.add_argument('--problems', type=_common.comma_list(PROBLEMS),
-                      default=list(PROBLEMS),
-                      help='comma-separated subset of: ' + ','.join(PROBLEMS))
-  parser.add_argument('--optimizers', type=_common.comma_list(OPTIMIZERS),
-                      default=list(OPTIMIZERS),
-                      help='comma-separated subset of: ' + ','.join(OPTIMIZERS))
-  parser.add_argument('--out', default=os.path.join('results', 'toy_2d'),
-                      help='output directory (default: %(default)s)')
-  parser.add_argument('--no-progress', action='store_true',
-                      help='hide the progress bar')
+    description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    '--steps', type=int, default=10000, help='optimizer steps per trajectory (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--seeds',
+    type=int,
+    default=5,
+    help='starting points per problem: seed 0 is the '
+    'canonical start, others perturb it '
+    '(default: %(default)s)',
+  )
+  parser.add_argument(
+    '--lr', type=float, default=1e-3, help='the shared learning rate (default: %(default)s)'
+  )
+  parser.add_argument(
+    '--lrs',
+    type=_common.comma_list(),
+    default=DEFAULT_LRS,
+    help='learning-rate grid for the tuned comparison (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--tol',
+    type=float,
+    default=1e-3,
+    help='distance to the optimum that counts as reached (default: %(default)s)',
+  )
+  parser.add_argument(
+    '--problems',
+    type=_common.comma_list(PROBLEMS),
+    default=list(PROBLEMS),
+    help='comma-separated subset of: ' + ','.join(PROBLEMS),
+  )
+  parser.add_argument(
+    '--optimizers',
+    type=_common.comma_list(OPTIMIZERS),
+    default=list(OPTIMIZERS),
+    help='comma-separated subset of: ' + ','.join(OPTIMIZERS),
+  )
+  parser.add_argument(
+    '--out',
+    default=os.path.join('results', 'toy_2d'),
+    help='output directory (default: %(default)s)',
+  )
+  parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
   args = parser.parse_args(argv)
   if isinstance(args.lrs, str):  # The default is not parsed by argparse.
     args.lrs = _common.comma_list()(args.lrs)
@@ -340,9 +385,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
   lrs = np.asarray(args.lrs, np.float64)
   shared_index = int(np.argmin(np.abs(lrs - args.lr)))
-  print(f'toy 2-D: {len(args.problems)} problems x {len(args.optimizers)} '
-        f'optimizers x {len(lrs)} learning rates x {args.seeds} start(s), '
-        f'{args.steps} steps, tolerance {args.tol:g}')
+  print(
+    f'toy 2-D: {len(args.problems)} problems x {len(args.optimizers)} '
+    f'optimizers x {len(lrs)} learning rates x {args.seeds} start(s), '
+    f'{args.steps} steps, tolerance {args.tol:g}'
+  )
 
   results: dict = {}
   start_time = time.perf_counter()
@@ -355,30 +402,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
       for opt in args.optimizers:
         progress.set_description(f'{name} {opt}')
         paths = trajectories(problem, opt, lrs, starts, args.steps)
-        dist = distances(paths, problem.optimum)            # (lr, seed, t)
-        hits = settle_step(dist, args.tol)                    # (lr, seed)
-        grid = [Stats(float(lr), hits[i], dist[i, :, -1])
-                for i, lr in enumerate(lrs)]
+        dist = distances(paths, problem.optimum)  # (lr, seed, t)
+        hits = settle_step(dist, args.tol)  # (lr, seed)
+        grid = [Stats(float(lr), hits[i], dist[i, :, -1]) for i, lr in enumerate(lrs)]
         best = min(range(len(lrs)), key=lambda i: grid[i].key())
         results[name]['optimizers'][opt] = {
-            'shared': grid[shared_index], 'tuned': grid[best], 'grid': grid,
-            'shared_path': paths[shared_index, 0],
-            'tuned_path': paths[best, 0], 'tuned_dist': dist[best, 0]}
+          'shared': grid[shared_index],
+          'tuned': grid[best],
+          'grid': grid,
+          'shared_path': paths[shared_index, 0],
+          'tuned_path': paths[best, 0],
+          'tuned_dist': dist[best, 0],
+        }
         progress.update()
   wall = time.perf_counter() - start_time
 
   rows = []
   for name, entry in results.items():
     for opt, r in entry['optimizers'].items():
-      rows.append({
+      rows.append(
+        {
           'function': PROBLEMS[name].label,
           'optimizer': opt,
           f'steps to {args.tol:g} (lr {args.lr:g})': r['shared'].steps_text(),
-          f'final dist (lr {args.lr:g})': f"{r['shared'].median_final():.2g}",
-          'best lr': f"{r['tuned'].lr:g}",
+          f'final dist (lr {args.lr:g})': f'{r["shared"].median_final():.2g}',
+          'best lr': f'{r["tuned"].lr:g}',
           'steps (best lr)': r['tuned'].steps_text(),
-          'final dist (best lr)': f"{r['tuned'].median_final():.2g}",
-      })
+          'final dist (best lr)': f'{r["tuned"].median_final():.2g}',
+        }
+      )
   table = _common.markdown_table(rows)
 
   def faster(which: str) -> tuple[int, int]:
@@ -392,54 +444,65 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return wins, n
 
   summary_lines = []
-  for which, text in (('shared', f'shared lr {args.lr:g}'),
-                      ('tuned', 'tuned lr')):
+  for which, text in (('shared', f'shared lr {args.lr:g}'), ('tuned', 'tuned lr')):
     wins, n = faster(which)
     if n:
       summary_lines.append(
-          f'AdaBelief reaches the tolerance from at least as many starts and '
-          f'no later (median) than Adam on {wins}/{n} functions ({text}).')
+        f'AdaBelief reaches the tolerance from at least as many starts and '
+        f'no later (median) than Adam on {wins}/{n} functions ({text}).'
+      )
   summary = '\n'.join(summary_lines)
   print('\n' + table + ('\n\n' + summary if summary else ''))
 
-  traj_path = plot_trajectories(os.path.join(args.out, 'trajectories.png'),
-                                results, args.steps)
-  dist_path = plot_distances(os.path.join(args.out, 'distance.png'), results,
-                             args.tol)
-  seeds_text = (f'medians over {args.seeds} starts (seed 0 canonical, others '
-                'perturbed by N(0, 0.25^2))' if args.seeds > 1
-                else 'the canonical start')
+  traj_path = plot_trajectories(os.path.join(args.out, 'trajectories.png'), results, args.steps)
+  dist_path = plot_distances(os.path.join(args.out, 'distance.png'), results, args.tol)
+  seeds_text = (
+    f'medians over {args.seeds} starts (seed 0 canonical, others perturbed by N(0, 0.25^2))'
+    if args.seeds > 1
+    else 'the canonical start'
+  )
   notes = (
-      f'{args.steps} steps per run; steps = first step from which the '
-      f'iterate stays within {args.tol:g} (Euclidean) of the optimum until the '
-      f'end of the run, {seeds_text}. "lr {args.lr:g}" is the '
-      'shared learning rate of the paper-style comparison; "best lr" is each '
-      f'optimizer\'s best of the same grid {[float(v) for v in lrs]} (most '
-      'starts reached, then fewest steps, then final distance). SGD: momentum '
-      '0.9; Adam: eps 1e-8; AdaBelief: eps = eps_root = 1e-16; betas (0.9, '
-      f'0.999) for both. Wall time {wall:.1f} s.\n\n' + summary +
-      f'\n\n![trajectories]({os.path.basename(traj_path)})\n\n'
-      f'![distance]({os.path.basename(dist_path)})')
+    f'{args.steps} steps per run; steps = first step from which the '
+    f'iterate stays within {args.tol:g} (Euclidean) of the optimum until the '
+    f'end of the run, {seeds_text}. "lr {args.lr:g}" is the '
+    'shared learning rate of the paper-style comparison; "best lr" is each '
+    f"optimizer's best of the same grid {[float(v) for v in lrs]} (most "
+    'starts reached, then fewest steps, then final distance). SGD: momentum '
+    '0.9; Adam: eps 1e-8; AdaBelief: eps = eps_root = 1e-16; betas (0.9, '
+    f'0.999) for both. Wall time {wall:.1f} s.\n\n'
+    + summary
+    + f'\n\n![trajectories]({os.path.basename(traj_path)})\n\n'
+    f'![distance]({os.path.basename(dist_path)})'
+  )
   data = {
-      'config': vars(args),
-      'environment': _common.environment(),
-      'wall_time_s': wall,
-      'summary': summary_lines,
-      'results': {
-          name: {
-              'function': PROBLEMS[name].label,
-              'optimum': PROBLEMS[name].optimum,
-              'starts': entry['starts'],
-              'optimizers': {
-                  opt: {'shared': r['shared'].to_json(),
-                        'tuned': r['tuned'].to_json(),
-                        'grid': [s.to_json() for s in r['grid']]}
-                  for opt, r in entry['optimizers'].items()},
-          } for name, entry in results.items()},
+    'config': vars(args),
+    'environment': _common.environment(),
+    'wall_time_s': wall,
+    'summary': summary_lines,
+    'results': {
+      name: {
+        'function': PROBLEMS[name].label,
+        'optimum': PROBLEMS[name].optimum,
+        'starts': entry['starts'],
+        'optimizers': {
+          opt: {
+            'shared': r['shared'].to_json(),
+            'tuned': r['tuned'].to_json(),
+            'grid': [s.to_json() for s in r['grid']],
+          }
+          for opt, r in entry['optimizers'].items()
+        },
+      }
+      for name, entry in results.items()
+    },
   }
   md_path, json_path = _common.write_results(
-      args.out, title='Toy 2-D problems: SGD vs. Adam vs. AdaBelief',
-      table=table, notes=notes, data=data)
+    args.out,
+    title='Toy 2-D problems: SGD vs. Adam vs. AdaBelief',
+    table=table,
+    notes=notes,
+    data=data,
+  )
   print(f'\nwrote {md_path}, {json_path}, {traj_path}, {dist_path}')
   return data
 

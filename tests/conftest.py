@@ -12,7 +12,7 @@ import pytest
 
 _FLAG = '--xla_force_host_platform_device_count=8'
 if _FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+  os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_FLAG}'.strip()
 
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / 'examples'
@@ -24,8 +24,7 @@ def load_example(monkeypatch):
   monkeypatch.syspath_prepend(str(EXAMPLES))
 
   def load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f'examples_{name}', EXAMPLES / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'examples_{name}', EXAMPLES / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

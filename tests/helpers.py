@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +18,11 @@ def tree_of(dtype: Any, seed: int = 0) -> dict[str, Any]:
   """A small parameter tree with a matrix, a vector and a scalar leaf."""
   rng = np.random.default_rng(seed)
   return {
-      'dense': {'kernel': jnp.asarray(rng.normal(size=(7, 5)), dtype),
-                'bias': jnp.asarray(rng.normal(size=(5,)), dtype)},
-      'scale': jnp.asarray(rng.normal(), dtype),
+    'dense': {
+      'kernel': jnp.asarray(rng.normal(size=(7, 5)), dtype),
+      'bias': jnp.asarray(rng.normal(size=(5,)), dtype),
+    },
+    'scale': jnp.asarray(rng.normal(), dtype),
   }
 
 
@@ -30,11 +33,16 @@ def random_grads(params: Any, steps: int, seed: int, scale: float = 1.0) -> list
   drift = [rng.normal(size=np.shape(p)) for p in leaves]
   out = []
   for step in range(steps):
-    out.append(treedef.unflatten([
-        jnp.asarray(scale * (d * np.cos(step / 10) + rng.normal(size=np.shape(p))),
-                    jnp.asarray(p).dtype)
-        for p, d in zip(leaves, drift)
-    ]))
+    out.append(
+      treedef.unflatten(
+        [
+          jnp.asarray(
+            scale * (d * np.cos(step / 10) + rng.normal(size=np.shape(p))), jnp.asarray(p).dtype
+          )
+          for p, d in zip(leaves, drift)
+        ]
+      )
+    )
   return out
 
 
@@ -45,9 +53,11 @@ def relative_error(got: Any, want: Any) -> float:
   has a tiny update whose float32 rounding error is set by the gradients' size,
   not its own.
   """
+
   def flat(tree: Any, complex_: bool) -> np.ndarray:
     leaves = [np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)]
     return np.concatenate(leaves).astype(np.complex128 if complex_ else np.float64)
+
   want_flat = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(want)])
   is_complex = np.iscomplexobj(want_flat)
   got_flat = flat(got, is_complex)
@@ -56,8 +66,10 @@ def relative_error(got: Any, want: Any) -> float:
 
 def leaves64(tree: Any) -> list[np.ndarray]:
   """The leaves of ``tree`` as float64 (complex128) NumPy arrays, for the oracle."""
-  return [np.asarray(x).astype(np.complex128 if np.iscomplexobj(x) else np.float64)
-          for x in jax.tree.leaves(tree)]
+  return [
+    np.asarray(x).astype(np.complex128 if np.iscomplexobj(x) else np.float64)
+    for x in jax.tree.leaves(tree)
+  ]
 
 
 def json_numbers(tree: Any):

@@ -46,13 +46,13 @@ An optional per-leaf boolean mask turns weight decay off for leaves marked
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
 
 import numpy as np
 
-Scalar = Union[float, int]
-ScalarOrSchedule = Union[Scalar, Callable[[int], Scalar]]
+Scalar = float | int
+ScalarOrSchedule = Scalar | Callable[[int], Scalar]
 Leaves = list[np.ndarray]
 
 WEIGHT_DECAY_MODES = ('decoupled', 'fixed', 'l2')
@@ -104,8 +104,9 @@ def update_first_moment(m: np.ndarray, g: np.ndarray, b1: float) -> np.ndarray:
   return b1 * m + (1.0 - b1) * g
 
 
-def update_belief(s: np.ndarray, g: np.ndarray, m: np.ndarray, b2: float,
-                  eps_root: float) -> np.ndarray:
+def update_belief(
+  s: np.ndarray, g: np.ndarray, m: np.ndarray, b2: float, eps_root: float
+) -> np.ndarray:
   """The belief (second-moment) EMA.
 
   ``s_t = b2 s_{t-1} + (1 - b2) |g - m_t|^2 + eps_root``, where
@@ -126,8 +127,7 @@ def update_belief(s: np.ndarray, g: np.ndarray, m: np.ndarray, b2: float,
   return b2 * s + (1.0 - b2) * sq + eps_root
 
 
-def nesterov_first_moment_hat(m: np.ndarray, g: np.ndarray, b1: float,
-                              t: int) -> np.ndarray:
+def nesterov_first_moment_hat(m: np.ndarray, g: np.ndarray, b1: float, t: int) -> np.ndarray:
   """The Nesterov bias-corrected first moment (as in optax's ``nesterov=True``).
 
   ``m_hat = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``.
@@ -141,8 +141,7 @@ def nesterov_first_moment_hat(m: np.ndarray, g: np.ndarray, b1: float,
   Returns:
     The Nesterov ``m_hat``.
   """
-  return (b1 * m / bias_correction(b1, t + 1)
-          + (1.0 - b1) * g / bias_correction(b1, t))
+  return b1 * m / bias_correction(b1, t + 1) + (1.0 - b1) * g / bias_correction(b1, t)
 
 
 def rho_inf(b2: float) -> float:
@@ -225,29 +224,29 @@ class LeafState:
   nu_max: np.ndarray
 
   @classmethod
-  def zeros_like(cls, leaf: np.ndarray) -> 'LeafState':
+  def zeros_like(cls, leaf: np.ndarray) -> LeafState:
     """Zero state shaped like ``leaf`` (``m_0 = s_0 = nu_max_0 = 0``)."""
     a = as_float64(leaf)
-    return cls(mu=np.zeros_like(a),
-               nu=np.zeros(a.shape, np.float64),
-               nu_max=np.zeros(a.shape, np.float64))
+    return cls(
+      mu=np.zeros_like(a), nu=np.zeros(a.shape, np.float64), nu_max=np.zeros(a.shape, np.float64)
+    )
 
 
 def leaf_direction(
-    state: LeafState,
-    g: np.ndarray,
-    t: int,
-    *,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-16,
-    eps_root: float = 1e-16,
-    amsgrad: bool = False,
-    rectify: bool = False,
-    sma_threshold: float = 5.0,
-    degenerate_to_sgd: bool = True,
-    nesterov: bool = False,
-    torch_rectified_eps: bool = False,
+  state: LeafState,
+  g: np.ndarray,
+  t: int,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-16,
+  eps_root: float = 1e-16,
+  amsgrad: bool = False,
+  rectify: bool = False,
+  sma_threshold: float = 5.0,
+  degenerate_to_sgd: bool = True,
+  nesterov: bool = False,
+  torch_rectified_eps: bool = False,
 ) -> tuple[np.ndarray, LeafState]:
   """One AdaBelief direction ``u_t`` for one leaf. This is a pure function.
 
@@ -326,19 +325,19 @@ class BeliefOracle:
   """
 
   def __init__(
-      self,
-      leaves: Sequence[np.ndarray],
-      *,
-      b1: float = 0.9,
-      b2: float = 0.999,
-      eps: float = 1e-16,
-      eps_root: float = 1e-16,
-      amsgrad: bool = False,
-      rectify: bool = False,
-      sma_threshold: float = 5.0,
-      degenerate_to_sgd: bool = True,
-      nesterov: bool = False,
-      torch_rectified_eps: bool = False,
+    self,
+    leaves: Sequence[np.ndarray],
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float = 1e-16,
+    amsgrad: bool = False,
+    rectify: bool = False,
+    sma_threshold: float = 5.0,
+    degenerate_to_sgd: bool = True,
+    nesterov: bool = False,
+    torch_rectified_eps: bool = False,
   ) -> None:
     """Zero state for ``leaves``.
 
@@ -351,11 +350,17 @@ class BeliefOracle:
     self.states: list[LeafState] = [LeafState.zeros_like(x) for x in leaves]
     self.count: int = 0
     self.hyper: dict[str, float | bool] = dict(
-        b1=float(b1), b2=float(b2), eps=float(eps), eps_root=float(eps_root),
-        amsgrad=bool(amsgrad), rectify=bool(rectify),
-        sma_threshold=float(sma_threshold),
-        degenerate_to_sgd=bool(degenerate_to_sgd), nesterov=bool(nesterov),
-        torch_rectified_eps=bool(torch_rectified_eps))
+      b1=float(b1),
+      b2=float(b2),
+      eps=float(eps),
+      eps_root=float(eps_root),
+      amsgrad=bool(amsgrad),
+      rectify=bool(rectify),
+      sma_threshold=float(sma_threshold),
+      degenerate_to_sgd=bool(degenerate_to_sgd),
+      nesterov=bool(nesterov),
+      torch_rectified_eps=bool(torch_rectified_eps),
+    )
 
   def direction(self, grads: Sequence[np.ndarray]) -> Leaves:
     """Takes one step and returns ``u_t`` for each leaf.
@@ -401,23 +406,23 @@ class AdaBeliefOracle:
   """
 
   def __init__(
-      self,
-      params: Sequence[np.ndarray],
-      *,
-      learning_rate: ScalarOrSchedule = 1e-3,
-      weight_decay: ScalarOrSchedule = 0.0,
-      weight_decay_mode: str = 'decoupled',
-      weight_decay_mask: Sequence[bool] | None = None,
-      b1: float = 0.9,
-      b2: float = 0.999,
-      eps: float = 1e-16,
-      eps_root: float = 1e-16,
-      amsgrad: bool = False,
-      rectify: bool = False,
-      sma_threshold: float = 5.0,
-      degenerate_to_sgd: bool = True,
-      nesterov: bool = False,
-      torch_rectified_eps: bool = False,
+    self,
+    params: Sequence[np.ndarray],
+    *,
+    learning_rate: ScalarOrSchedule = 1e-3,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mode: str = 'decoupled',
+    weight_decay_mask: Sequence[bool] | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float = 1e-16,
+    amsgrad: bool = False,
+    rectify: bool = False,
+    sma_threshold: float = 5.0,
+    degenerate_to_sgd: bool = True,
+    nesterov: bool = False,
+    torch_rectified_eps: bool = False,
   ) -> None:
     """Zero state for ``params``.
 
@@ -432,30 +437,39 @@ class AdaBeliefOracle:
         :func:`leaf_direction`.
     """
     if weight_decay_mode not in WEIGHT_DECAY_MODES:
-      raise ValueError(f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, '
-                       f'got {weight_decay_mode!r}')
+      raise ValueError(
+        f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}'
+      )
     if weight_decay_mask is not None and len(weight_decay_mask) != len(params):
-      raise ValueError(f'mask has {len(weight_decay_mask)} entries for '
-                       f'{len(params)} leaves')
+      raise ValueError(f'mask has {len(weight_decay_mask)} entries for {len(params)} leaves')
     self.belief = BeliefOracle(
-        params, b1=b1, b2=b2, eps=eps, eps_root=eps_root, amsgrad=amsgrad,
-        rectify=rectify, sma_threshold=sma_threshold,
-        degenerate_to_sgd=degenerate_to_sgd, nesterov=nesterov,
-        torch_rectified_eps=torch_rectified_eps)
+      params,
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      amsgrad=amsgrad,
+      rectify=rectify,
+      sma_threshold=sma_threshold,
+      degenerate_to_sgd=degenerate_to_sgd,
+      nesterov=nesterov,
+      torch_rectified_eps=torch_rectified_eps,
+    )
     self.learning_rate = learning_rate
     self.weight_decay = weight_decay
     self.weight_decay_mode = weight_decay_mode
     self.weight_decay_mask: list[bool] = (
-        [True] * len(params) if weight_decay_mask is None
-        else [bool(b) for b in weight_decay_mask])
+      [True] * len(params) if weight_decay_mask is None else [bool(b) for b in weight_decay_mask]
+    )
 
   @property
   def count(self) -> int:
     """The number of updates taken so far."""
     return self.belief.count
 
-  def step(self, params: Sequence[np.ndarray],
-           grads: Sequence[np.ndarray]) -> tuple[Leaves, Leaves]:
+  def step(
+    self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]
+  ) -> tuple[Leaves, Leaves]:
     """Takes one optimizer step.
 
     Args:
@@ -494,9 +508,9 @@ class AdaBeliefOracle:
 # ---------------------------------------------------------------------------
 
 
-def run_directions(leaves: Sequence[np.ndarray],
-                   grads: Sequence[Sequence[np.ndarray]],
-                   **belief_kwargs: float | bool) -> list[Leaves]:
+def run_directions(
+  leaves: Sequence[np.ndarray], grads: Sequence[Sequence[np.ndarray]], **belief_kwargs: float | bool
+) -> list[Leaves]:
   """Feeds a gradient sequence to a fresh :class:`BeliefOracle`.
 
   Args:
@@ -511,9 +525,9 @@ def run_directions(leaves: Sequence[np.ndarray],
   return [oracle.direction(g) for g in grads]
 
 
-def run_trajectory(params0: Sequence[np.ndarray],
-                   grads: Sequence[Sequence[np.ndarray]],
-                   **opt_kwargs: object) -> list[Leaves]:
+def run_trajectory(
+  params0: Sequence[np.ndarray], grads: Sequence[Sequence[np.ndarray]], **opt_kwargs: object
+) -> list[Leaves]:
   """Runs the full optimizer on a fixed gradient sequence.
 
   The gradients do not depend on the parameters.
@@ -536,10 +550,12 @@ def run_trajectory(params0: Sequence[np.ndarray],
   return traj
 
 
-def run_trajectory_fn(params0: Sequence[np.ndarray],
-                      grad_fn: Callable[[Leaves], Sequence[np.ndarray]],
-                      steps: int,
-                      **opt_kwargs: object) -> list[Leaves]:
+def run_trajectory_fn(
+  params0: Sequence[np.ndarray],
+  grad_fn: Callable[[Leaves], Sequence[np.ndarray]],
+  steps: int,
+  **opt_kwargs: object,
+) -> list[Leaves]:
   """Runs the full optimizer with gradients computed from the current params.
 
   Args:

@@ -45,7 +45,8 @@ def assert_matches_oracle(tx, params, grads_seq, **kwargs):
   """
   oracle = reference.AdaBeliefOracle(leaves64(params), **kwargs)
   for step, ((before, updates, _), grads) in enumerate(
-      zip(run_steps(tx, params, grads_seq), grads_seq), start=1):
+    zip(run_steps(tx, params, grads_seq), grads_seq), start=1
+  ):
     _, want = oracle.step(leaves64(before), leaves64(grads))
     err = relative_error(jax.tree.leaves(updates), want)
     assert err < 1e-5, f'step {step}: relative error of the step {err:.3g}'
@@ -55,10 +56,17 @@ MODES = ['decoupled', 'fixed', 'l2']
 
 
 @pytest.mark.parametrize('mode', MODES)
-@pytest.mark.parametrize('options', [
-    dict(), dict(amsgrad=True), dict(rectify=True), dict(nesterov=True),
+@pytest.mark.parametrize(
+  'options',
+  [
+    dict(),
+    dict(amsgrad=True),
+    dict(rectify=True),
+    dict(nesterov=True),
     dict(rectify=True, degenerate_to_sgd=False, amsgrad=True),
-], ids=['plain', 'amsgrad', 'rectify', 'nesterov', 'rectify-nosgd-amsgrad'])
+  ],
+  ids=['plain', 'amsgrad', 'rectify', 'nesterov', 'rectify-nosgd-amsgrad'],
+)
 def test_weight_decay_modes_match_oracle(mode, options):
   params = tree_of(np.float32)
   grads_seq = random_grads(params, STEPS, seed=11)
@@ -72,8 +80,13 @@ def test_weight_decay_mask():
   grads_seq = random_grads(params, 20, seed=12)
   tx = adabelief_jax.adabelief(1e-2, weight_decay=0.5, weight_decay_mask=mask)
   assert_matches_oracle(
-      tx, params, grads_seq, learning_rate=1e-2, weight_decay=0.5,
-      weight_decay_mask=jax.tree.leaves(mask))
+    tx,
+    params,
+    grads_seq,
+    learning_rate=1e-2,
+    weight_decay=0.5,
+    weight_decay_mask=jax.tree.leaves(mask),
+  )
 
 
 def test_schedules_for_learning_rate_and_weight_decay():
@@ -84,8 +97,13 @@ def test_schedules_for_learning_rate_and_weight_decay():
   for mode in MODES:
     tx = adabelief_jax.adabelief(lr, weight_decay=wd, weight_decay_mode=mode)
     assert_matches_oracle(
-        tx, params, grads_seq, learning_rate=lambda k: float(lr(k)),
-        weight_decay=lambda k: float(wd(k)), weight_decay_mode=mode)
+      tx,
+      params,
+      grads_seq,
+      learning_rate=lambda k: float(lr(k)),
+      weight_decay=lambda k: float(wd(k)),
+      weight_decay_mode=mode,
+    )
 
 
 @pytest.mark.parametrize('jit', [False, True])
@@ -95,16 +113,25 @@ def test_inject_hyperparams(jit):
   make = optax.inject_hyperparams(adabelief_jax.adabelief)
   tx = make(learning_rate=1e-2, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, amsgrad=True)
   constant = adabelief_jax.adabelief(1e-2, eps=1e-8, weight_decay=0.1, amsgrad=True)
-  assert relative_error(run_params(tx, params, grads_seq, jit)[-1],
-                        run_params(constant, params, grads_seq, jit)[-1]) < 1e-6
+  assert (
+    relative_error(
+      run_params(tx, params, grads_seq, jit)[-1], run_params(constant, params, grads_seq, jit)[-1]
+    )
+    < 1e-6
+  )
   # Changing an injected value changes the step.
   update = maybe_jit(tx.update, jit)
   state = tx.init(params)
   for grads in grads_seq[:2]:  # at step 1, b2 cancels out of the update
     _, state = update(grads, state, params)
   u1, _ = update(grads_seq[2], state, params)
-  for name, value in [('learning_rate', 2e-2), ('b1', 0.5), ('b2', 0.9), ('eps', 1.0),
-                      ('weight_decay', 0.0)]:
+  for name, value in [
+    ('learning_rate', 2e-2),
+    ('b1', 0.5),
+    ('b2', 0.9),
+    ('eps', 1.0),
+    ('weight_decay', 0.0),
+  ]:
     changed = state._replace(hyperparams={**state.hyperparams, name: jnp.asarray(value)})
     u2, _ = update(grads_seq[2], changed, params)
     assert not np.allclose(u1['dense']['kernel'], u2['dense']['kernel']), name
@@ -130,29 +157,40 @@ def test_decoupled_mode_matches_optax_adamw_convention():
     params = tree_of(np.float64)
     grads_seq = random_grads(params, 20, seed=16)
     ours = run_params(adabelief_jax.adabelief(1e-2, weight_decay=0.1), params, grads_seq)
-    chained = optax.chain(optax.scale_by_belief(), optax.add_decayed_weights(0.1),
-                          optax.scale_by_learning_rate(1e-2))
+    chained = optax.chain(
+      optax.scale_by_belief(), optax.add_decayed_weights(0.1), optax.scale_by_learning_rate(1e-2)
+    )
     theirs = run_params(chained, params, grads_seq)
     for a, b in zip(ours, theirs):
       jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12), a, b)
 
 
-@pytest.mark.parametrize('kwargs,name', [
+@pytest.mark.parametrize(
+  'kwargs,name',
+  [
     (dict(learning_rate=-1.0), 'learning_rate'),
     (dict(learning_rate=1e-3, weight_decay=-0.1), 'weight_decay'),
     (dict(learning_rate=1e-3, weight_decay_mode='adamw'), 'weight_decay_mode'),
     (dict(learning_rate=1e-3, b2=1.0), 'b2'),
     (dict(learning_rate=1e-3, sma_threshold=3), 'sma_threshold'),
-])
+  ],
+)
 def test_invalid_arguments_raise(kwargs, name):
   with pytest.raises(ValueError, match=name) as info:
     adabelief_jax.adabelief(**kwargs)
   assert repr(kwargs[name]) in str(info.value)
 
 
-@pytest.mark.parametrize('options', [
-    dict(), dict(rectify=True), dict(amsgrad=True), dict(nesterov=True),
-    dict(rectify=True, amsgrad=True, nesterov=True)])
+@pytest.mark.parametrize(
+  'options',
+  [
+    dict(),
+    dict(rectify=True),
+    dict(amsgrad=True),
+    dict(nesterov=True),
+    dict(rectify=True, amsgrad=True, nesterov=True),
+  ],
+)
 def test_converges_on_quadratic(options):
   target = jnp.array([1.0, -2.0, 3.0, 0.5])
   scales = jnp.array([1.0, 10.0, 0.1, 3.0])

@@ -15,9 +15,8 @@ import sys
 
 import pytest
 
-from tests.helpers import json_numbers
-
 from benchmarks import _harness, memory, scaling, step_time
+from tests.helpers import json_numbers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -25,10 +24,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def _table_cells(text: str, headers: str) -> list[list[str]]:
   """The body cells of the Markdown table whose header row starts so."""
   lines = text.splitlines()
-  start = next(i for i, line in enumerate(lines)
-               if line.startswith(f'| {headers} |'))
+  start = next(i for i, line in enumerate(lines) if line.startswith(f'| {headers} |'))
   rows = []
-  for line in lines[start + 2:]:
+  for line in lines[start + 2 :]:
     if not line.startswith('|'):
       break
     rows.append([c.strip() for c in line.strip('|').split('|')])
@@ -79,9 +77,24 @@ def test_parse_count():
 
 def test_step_time(tmp_path, capsys):
   out = tmp_path / 'step.json'
-  result = step_time.main([
-      '--params', '50k', '--tree', 'equal', '--leaves', '3', '--rounds', '2',
-      '--warmup', '1', '--torch-threads', '1', '--json', str(out)])
+  result = step_time.main(
+    [
+      '--params',
+      '50k',
+      '--tree',
+      'equal',
+      '--leaves',
+      '3',
+      '--rounds',
+      '2',
+      '--warmup',
+      '1',
+      '--torch-threads',
+      '1',
+      '--json',
+      str(out),
+    ]
+  )
   printed = capsys.readouterr().out
   data = json.loads(out.read_text())
   assert data['config']['params'] == 50_000
@@ -93,9 +106,18 @@ def test_step_time(tmp_path, capsys):
   assert ran | set(data['skipped']) == expected
   assert {'adabelief', 'optax_adam', 'floor'} <= ran
   for row in data['results']:
-    _assert_positive(row, ['median_ms', 'min_ms', 'params_per_s',
-                           'effective_gb_per_s', 'bytes_per_param',
-                           'vs_optax_adam', 'vs_floor'])
+    _assert_positive(
+      row,
+      [
+        'median_ms',
+        'min_ms',
+        'params_per_s',
+        'effective_gb_per_s',
+        'bytes_per_param',
+        'vs_optax_adam',
+        'vs_floor',
+      ],
+    )
     assert all(s > 0 for s in row['samples_ms'])
   assert all(math.isfinite(x) for x in json_numbers(data))
   bytes_per_param = {r['mode']: r['bytes_per_param'] for r in data['results']}
@@ -112,25 +134,39 @@ def test_step_time(tmp_path, capsys):
 
 def test_memory(tmp_path, capsys):
   out = tmp_path / 'memory.json'
-  memory.main([
-      '--params', '50k', '--tree', 'equal', '--leaves', '3',
-      '--modes', 'adabelief_amsgrad', 'optax_adabelief',
-      '--compile-leaves', '2', '4', '--compile-params', '1000',
-      '--compile-modes', 'adabelief',
-      '--json', str(out)])
+  memory.main(
+    [
+      '--params',
+      '50k',
+      '--tree',
+      'equal',
+      '--leaves',
+      '3',
+      '--modes',
+      'adabelief_amsgrad',
+      'optax_adabelief',
+      '--compile-leaves',
+      '2',
+      '4',
+      '--compile-params',
+      '1000',
+      '--compile-modes',
+      'adabelief',
+      '--json',
+      str(out),
+    ]
+  )
   printed = capsys.readouterr().out
   data = json.loads(out.read_text())
   assert all(math.isfinite(x) for x in json_numbers(data))
-  per_param = {(r['mode'], r['state_dtype']): r['state_bytes_per_param']
-               for r in data['memory']}
+  per_param = {(r['mode'], r['state_dtype']): r['state_bytes_per_param'] for r in data['memory']}
   assert per_param == {
-      ('adabelief_amsgrad', 'float32'): 12,
-      ('adabelief_amsgrad', 'bfloat16'): 6,
-      ('optax_adabelief', 'default'): 8,
+    ('adabelief_amsgrad', 'float32'): 12,
+    ('adabelief_amsgrad', 'bfloat16'): 6,
+    ('optax_adabelief', 'default'): 8,
   }
   for row in data['memory']:
-    _assert_positive(row, ['argument_bytes', 'output_bytes', 'alias_bytes',
-                           'compile_s'])
+    _assert_positive(row, ['argument_bytes', 'output_bytes', 'alias_bytes', 'compile_s'])
     assert row['temp_bytes'] >= 0
     assert row['alias_bytes'] <= row['donated_bytes']
   assert len(data['compile']) == 2
@@ -141,28 +177,43 @@ def test_memory(tmp_path, capsys):
   # Temp bytes (columns 6 and 7) may be zero; the rest must be positive.
   _assert_positive_cells([r[2:6] + r[8:] for r in rows], skip_columns=0)
   assert all(float(c) >= 0 for r in rows for c in r[6:8])
-  _assert_positive_cells(_table_cells(printed, 'mode | leaves'),
-                         skip_columns=1)
+  _assert_positive_cells(_table_cells(printed, 'mode | leaves'), skip_columns=1)
 
 
 def test_scaling(tmp_path, capsys):
   out = tmp_path / 'scaling'
-  result = scaling.main([
-      '--params-list', '20k', '--tree', 'equal', '--leaves', '3',
-      '--leaves-list', '4', '--leaves-params', '10k', '--rounds', '2',
-      '--warmup', '1', '--modes', 'adabelief', 'optax_adam',
-      '--out', str(out)])
+  result = scaling.main(
+    [
+      '--params-list',
+      '20k',
+      '--tree',
+      'equal',
+      '--leaves',
+      '3',
+      '--leaves-list',
+      '4',
+      '--leaves-params',
+      '10k',
+      '--rounds',
+      '2',
+      '--warmup',
+      '1',
+      '--modes',
+      'adabelief',
+      'optax_adam',
+      '--out',
+      str(out),
+    ]
+  )
   capsys.readouterr()
-  for name in ('scaling.md', 'scaling.json', 'scaling_params.png',
-               'scaling_leaves.png'):
+  for name in ('scaling.md', 'scaling.json', 'scaling_params.png', 'scaling_leaves.png'):
     assert (out / name).stat().st_size > 0, name
   assert (out / 'scaling_params.png').read_bytes()[:4] == b'\x89PNG'
   data = json.loads((out / 'scaling.json').read_text())
   assert all(math.isfinite(x) for x in json_numbers(data))
   assert len(data['results']) == 2 + 2
   for row in data['results']:
-    _assert_positive(row, ['median_ms', 'effective_gb_per_s', 'params',
-                           'leaves', 'vs_optax_adam'])
+    _assert_positive(row, ['median_ms', 'effective_gb_per_s', 'params', 'leaves', 'vs_optax_adam'])
   text = (out / 'scaling.md').read_text()
   _assert_positive_cells(_table_cells(text, 'candidate'), skip_columns=1)
   assert result['files']['json'] == str(out / 'scaling.json')
@@ -170,7 +221,12 @@ def test_scaling(tmp_path, capsys):
 
 def test_runs_as_a_file():
   proc = subprocess.run(
-      [sys.executable, 'benchmarks/step_time.py', '--help'], cwd=ROOT,
-      capture_output=True, text=True, timeout=60, check=False)
+    [sys.executable, 'benchmarks/step_time.py', '--help'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr
   assert '--state-dtype' in proc.stdout

@@ -28,10 +28,12 @@ import optax
 import pytest
 
 torch = pytest.importorskip(
-    'torch', reason='the parity tests run the PyTorch reference: torch is not installed')
+  'torch', reason='the parity tests run the PyTorch reference: torch is not installed'
+)
 adabelief_pytorch = pytest.importorskip(
-    'adabelief_pytorch',
-    reason='the parity tests need the reference adabelief_pytorch (0.2.1) installed')
+  'adabelief_pytorch',
+  reason='the parity tests need the reference adabelief_pytorch (0.2.1) installed',
+)
 
 from adabelief_jax import compat  # noqa: E402
 
@@ -50,9 +52,9 @@ GRAD_SCALES = {'kernel': 1.0, 'bias': 1e-2, 'scale': 1e-4}
 def _params():
   rng = np.random.default_rng(0)
   return {
-      'kernel': jnp.asarray(rng.normal(size=(7, 5)), jnp.float32),
-      'bias': jnp.asarray(rng.normal(size=(5,)), jnp.float32),
-      'scale': jnp.asarray(rng.normal(), jnp.float32),
+    'kernel': jnp.asarray(rng.normal(size=(7, 5)), jnp.float32),
+    'bias': jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+    'scale': jnp.asarray(rng.normal(), jnp.float32),
   }
 
 
@@ -113,6 +115,7 @@ def _fixed_grads(grads):
   def set_grads(k, ps):
     for p, g in zip(ps, tensors):
       p.grad = g[k].clone()
+
   return set_grads
 
 
@@ -134,9 +137,15 @@ def _scan_all(txs, params, steps, grad_at, xs=None):
 
 def _max_diff_per_step(got, want):
   """max over leaves and elements of |got - want|, one value per step."""
-  return np.max(np.stack([
-      np.abs(np.asarray(got[n], np.float64) - want[n]).reshape(want[n].shape[0], -1).max(1)
-      for n in want]), axis=0)
+  return np.max(
+    np.stack(
+      [
+        np.abs(np.asarray(got[n], np.float64) - want[n]).reshape(want[n].shape[0], -1).max(1)
+        for n in want
+      ]
+    ),
+    axis=0,
+  )
 
 
 def _moved(traj, params):
@@ -154,13 +163,17 @@ def _check(results, label):
       worst = (float(diff[k]), cid, k + 1)
     bad = np.flatnonzero(~(diff < TOL))
     if bad.size:
-      failures.append(f'{cid}: first bad step {bad[0] + 1} (diff {diff[bad[0]]:.3g}), '
-                      f'worst {diff.max():.3g} at step {k + 1}')
+      failures.append(
+        f'{cid}: first bad step {bad[0] + 1} (diff {diff[bad[0]]:.3g}), '
+        f'worst {diff.max():.3g} at step {k + 1}'
+      )
     moved = min(_moved(got, params), _moved(want, params))
     if not moved > 1000 * TOL:
       failures.append(f'{cid}: parameters moved only {moved:.3g}; the comparison is vacuous')
-  print(f'\n[{label}] worst |param_jax - param_torch| over {len(results)} configs x '
-        f'every step: {worst[0]:.3g} ({worst[1]}, step {worst[2]}); tolerance {TOL:g}')
+  print(
+    f'\n[{label}] worst |param_jax - param_torch| over {len(results)} configs x '
+    f'every step: {worst[0]:.3g} ({worst[1]}, step {worst[2]}); tolerance {TOL:g}'
+  )
   assert not failures, f'{len(failures)} of {len(results)} configs fail:\n' + '\n'.join(failures)
   return worst[0]
 
@@ -172,9 +185,12 @@ def _check(results, label):
 @jax.jit
 def _jax_grid(params, grads, weight_decay, eps):
   def run(weight_decay, eps):
-    txs = [compat.adabelief_pytorch(lr=LR, weight_decay=weight_decay, eps=eps, **flags)
-           for flags in FLAG_GRID]
+    txs = [
+      compat.adabelief_pytorch(lr=LR, weight_decay=weight_decay, eps=eps, **flags)
+      for flags in FLAG_GRID
+    ]
     return _scan_all(txs, params, STEPS, lambda p, g: g, xs=grads)
+
   return jax.vmap(run)(weight_decay, eps)
 
 
@@ -187,8 +203,9 @@ def grid_results():
   results = {}
   for flags, got_flags in zip(FLAG_GRID, got):
     for i, (weight_decay, e) in enumerate(HYPER_GRID):
-      want = _reference(params, STEPS, _fixed_grads(grads), lr=LR,
-                        weight_decay=weight_decay, eps=e, **flags)
+      want = _reference(
+        params, STEPS, _fixed_grads(grads), lr=LR, weight_decay=weight_decay, eps=e, **flags
+      )
       cid = _config_id(flags, weight_decay=weight_decay, eps=e)
       results[cid] = ({n: v[i] for n, v in got_flags.items()}, want, params)
   return results
@@ -204,9 +221,11 @@ def test_grid_distinguishes_hyperparameters(grid_results):
   a compat that mishandled them would fail the parity test."""
   smallest = math.inf
   for flags in FLAG_GRID:
-    def final(weight_decay, eps):
+
+    def final(weight_decay, eps, flags=flags):
       want = grid_results[_config_id(flags, weight_decay=weight_decay, eps=eps)][1]
       return np.concatenate([v[-1].ravel() for v in want.values()])
+
     pairs = [((wd, 1e-16), (wd, 1e-8)) for wd in (0.0, 1e-2)]
     pairs += [((0.0, e), (1e-2, e)) for e in (1e-16, 1e-8)]
     for a, b in pairs:
@@ -236,15 +255,14 @@ def _loss_terms(p, xp):
 # One configuration per distinct code path (decay mode x rectify/SGD/AMSGrad),
 # with Python-float hyperparameters (the user's path) and lr at its default.
 _CLOSED_LOOP = [
-    dict(),  # all defaults
-    dict(rectify=True, degenerated_to_sgd=False, amsgrad=True, weight_decay=1e-2, eps=1e-8),
-    dict(rectify=True, fixed_decay=True, weight_decay=1e-2),
-    dict(rectify=True, weight_decouple=False, weight_decay=1e-2, eps=1e-8),
-    dict(rectify=False, weight_decay=1e-2),
-    dict(rectify=False, amsgrad=True, fixed_decay=True, weight_decay=1e-2, eps=1e-8),
-    dict(rectify=False, amsgrad=True, weight_decouple=False, weight_decay=1e-2),
-    dict(rectify=False, weight_decouple=False, degenerated_to_sgd=False, weight_decay=1e-2,
-         eps=1e-8),
+  dict(),  # all defaults
+  dict(rectify=True, degenerated_to_sgd=False, amsgrad=True, weight_decay=1e-2, eps=1e-8),
+  dict(rectify=True, fixed_decay=True, weight_decay=1e-2),
+  dict(rectify=True, weight_decouple=False, weight_decay=1e-2, eps=1e-8),
+  dict(rectify=False, weight_decay=1e-2),
+  dict(rectify=False, amsgrad=True, fixed_decay=True, weight_decay=1e-2, eps=1e-8),
+  dict(rectify=False, amsgrad=True, weight_decouple=False, weight_decay=1e-2),
+  dict(rectify=False, weight_decouple=False, degenerated_to_sgd=False, weight_decay=1e-2, eps=1e-8),
 ]
 
 
@@ -286,8 +304,9 @@ def _jax_fixed_grads(configs, params, grads):
 def _parity_fixed_grads(configs, steps, seed, label):
   params = _params()
   grads = _grads(params, steps, seed=seed)
-  got = jax.device_get(_jax_fixed_grads(
-      tuple(tuple(cfg.items()) for cfg in configs), params, grads))
+  got = jax.device_get(
+    _jax_fixed_grads(tuple(tuple(cfg.items()) for cfg in configs), params, grads)
+  )
   results = {}
   for cfg, got_cfg in zip(configs, got):
     want = _reference(params, steps, _fixed_grads(grads), **cfg)
@@ -300,15 +319,21 @@ def _parity_fixed_grads(configs, steps, seed, label):
 # which is at least sqrt(t eps) as eps is also added to s every step: with eps of
 # 1e-8 or 1e-3 the two differ by less than TOL here, with 0.1 by 20 TOL.
 OTHER_HYPER = [
-    dict(lr=LR, eps=0.1),
-    dict(lr=LR, eps=0.1, amsgrad=True, weight_decay=1e-2),
-    dict(lr=LR, eps=0.1, rectify=False),
-    dict(lr=LR, eps=0.1, rectify=False, amsgrad=True),
-    dict(lr=LR, betas=(0.8, 0.99), weight_decay=1e-2),
-    dict(lr=LR, betas=(0.8, 0.99), rectify=False, amsgrad=True, weight_decouple=False,
-         weight_decay=1e-2, eps=1e-8),
-    dict(lr=LR, betas=(0.5, 0.9), degenerated_to_sgd=False, fixed_decay=True,
-         weight_decay=1e-2),
+  dict(lr=LR, eps=0.1),
+  dict(lr=LR, eps=0.1, amsgrad=True, weight_decay=1e-2),
+  dict(lr=LR, eps=0.1, rectify=False),
+  dict(lr=LR, eps=0.1, rectify=False, amsgrad=True),
+  dict(lr=LR, betas=(0.8, 0.99), weight_decay=1e-2),
+  dict(
+    lr=LR,
+    betas=(0.8, 0.99),
+    rectify=False,
+    amsgrad=True,
+    weight_decouple=False,
+    weight_decay=1e-2,
+    eps=1e-8,
+  ),
+  dict(lr=LR, betas=(0.5, 0.9), degenerated_to_sgd=False, fixed_decay=True, weight_decay=1e-2),
 ]
 
 
@@ -320,9 +345,11 @@ def test_parity_other_betas_and_large_eps():
 # Schedules: torch LambdaLR (and group['weight_decay'] set every step) vs optax schedules.
 
 SCHEDULE_STEPS = 50
-SCHEDULE_GRID = [dict(weight_decouple=wdc, fixed_decay=fd, rectify=r)
-                 for (wdc, fd) in [(True, False), (True, True), (False, False)]
-                 for r in (True, False)]
+SCHEDULE_GRID = [
+  dict(weight_decouple=wdc, fixed_decay=fd, rectify=r)
+  for (wdc, fd) in [(True, False), (True, True), (False, False)]
+  for r in (True, False)
+]
 
 
 def _lr_factor(k, xp):
@@ -348,8 +375,14 @@ def test_parity_with_lr_and_weight_decay_schedules():
   results = {}
   for cfg, got_cfg in zip(SCHEDULE_GRID, got):
     want = _reference(
-        params, SCHEDULE_STEPS, _fixed_grads(grads), lr=LR,
-        lr_lambda=lambda k: float(_lr_factor(k, np)), wd_at=_wd_at, **cfg)
+      params,
+      SCHEDULE_STEPS,
+      _fixed_grads(grads),
+      lr=LR,
+      lr_lambda=lambda k: float(_lr_factor(k, np)),
+      wd_at=_wd_at,
+      **cfg,
+    )
     results[_config_id(cfg)] = (got_cfg, want, params)
   _check(results, 'LambdaLR + weight-decay schedule')
 
@@ -370,7 +403,9 @@ def test_defaults_match_reference_constructor():
     assert type(ours[name].default) is type(theirs[name].default) or name == 'weight_decay'
 
 
-@pytest.mark.parametrize('kwargs,needles,reference_raises', [
+@pytest.mark.parametrize(
+  'kwargs,needles,reference_raises',
+  [
     (dict(betas=(1.0, 0.999)), ['betas[0]', '1.0'], True),
     (dict(betas=(-0.1, 0.999)), ['betas[0]', '-0.1'], True),
     (dict(betas=(0.9, 1.0)), ['betas[1]', '1.0'], True),
@@ -378,7 +413,9 @@ def test_defaults_match_reference_constructor():
     (dict(eps=-1e-8), ['eps', '-1e-08'], True),
     # The reference does not check weight_decay; compat does.
     (dict(weight_decay=-0.1), ['weight_decay', '-0.1'], False),
-], ids=['beta1=1', 'beta1<0', 'beta2=1', 'lr<0', 'eps<0', 'weight_decay<0'])
+  ],
+  ids=['beta1=1', 'beta1<0', 'beta2=1', 'lr<0', 'eps<0', 'weight_decay<0'],
+)
 def test_invalid_arguments_raise_naming_them(kwargs, needles, reference_raises):
   with pytest.raises(ValueError) as info:
     compat.adabelief_pytorch(**kwargs)

@@ -17,18 +17,27 @@ from tests.helpers import leaves64, random_grads, relative_error, tree_of
 from tests.test_alias import run_steps
 
 
-@pytest.mark.parametrize('options', [
-    dict(), dict(rectify=False), dict(amsgrad=True), dict(amsgrad=True, sma_threshold=6.0)])
+@pytest.mark.parametrize(
+  'options',
+  [dict(), dict(rectify=False), dict(amsgrad=True), dict(amsgrad=True, sma_threshold=6.0)],
+)
 def test_matches_oracle(options):
   params = tree_of(np.float32)
   grads_seq = random_grads(params, 60, seed=21)
   tx = compat.adabelief_tf(learning_rate=1e-2, epsilon=1e-10, weight_decay=0.05, **options)
   tf_defaults = dict(rectify=True, amsgrad=False, sma_threshold=5.0)
   oracle = reference.AdaBeliefOracle(
-      leaves64(params), learning_rate=1e-2, eps=1e-10, eps_root=1e-10, weight_decay=0.05,
-      weight_decay_mode='decoupled', **{**tf_defaults, **options})
+    leaves64(params),
+    learning_rate=1e-2,
+    eps=1e-10,
+    eps_root=1e-10,
+    weight_decay=0.05,
+    weight_decay_mode='decoupled',
+    **{**tf_defaults, **options},
+  )
   for step, ((before, updates, _), grads) in enumerate(
-      zip(run_steps(tx, params, grads_seq), grads_seq), start=1):
+    zip(run_steps(tx, params, grads_seq), grads_seq), start=1
+  ):
     _, want = oracle.step(leaves64(before), leaves64(grads))
     assert relative_error(jax.tree.leaves(updates), want) < 1e-5, step
 
@@ -46,15 +55,29 @@ def test_warmup_then_linear_decay_schedule():
 def test_defaults_are_the_reference_defaults():
   defaults = {k: v.default for k, v in inspect.signature(compat.adabelief_tf).parameters.items()}
   assert defaults == dict(
-      learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-14, weight_decay=0.0,
-      rectify=True, amsgrad=False, sma_threshold=5.0, total_steps=0,
-      warmup_proportion=0.1, min_lr=0.0)
+    learning_rate=1e-3,
+    beta_1=0.9,
+    beta_2=0.999,
+    epsilon=1e-14,
+    weight_decay=0.0,
+    rectify=True,
+    amsgrad=False,
+    sma_threshold=5.0,
+    total_steps=0,
+    warmup_proportion=0.1,
+    min_lr=0.0,
+  )
 
 
-@pytest.mark.parametrize('kwargs,name', [
-    (dict(beta_1=1.0), 'beta_1'), (dict(epsilon=-1.0), 'epsilon'),
+@pytest.mark.parametrize(
+  'kwargs,name',
+  [
+    (dict(beta_1=1.0), 'beta_1'),
+    (dict(epsilon=-1.0), 'epsilon'),
     (dict(learning_rate=-1.0), 'learning_rate'),
-    (dict(total_steps=10, warmup_proportion=0.0), 'warmup_proportion')])
+    (dict(total_steps=10, warmup_proportion=0.0), 'warmup_proportion'),
+  ],
+)
 def test_invalid_arguments_raise(kwargs, name):
   with pytest.raises(ValueError, match=name):
     compat.adabelief_tf(**kwargs)

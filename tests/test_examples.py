@@ -10,13 +10,22 @@ import pytest
 from tests.helpers import json_numbers
 
 
-
 def test_quickstart_smoke(load_example, tmp_path, capsys):
   quickstart = load_example('quickstart')
   out = tmp_path / 'qs'
-  summaries = quickstart.main([
-      '--epochs', '1', '--seeds', '1', '--optimizers', 'adabelief,sgd',
-      '--out', str(out), '--no-progress'])
+  summaries = quickstart.main(
+    [
+      '--epochs',
+      '1',
+      '--seeds',
+      '1',
+      '--optimizers',
+      'adabelief,sgd',
+      '--out',
+      str(out),
+      '--no-progress',
+    ]
+  )
 
   assert [s['optimizer'] for s in summaries] == ['adabelief', 'sgd']
   for name in ('results.json', 'results.md', 'curves.png'):

@@ -9,7 +9,8 @@ from tests.helpers import json_numbers
 
 def test_mixed_precision_smoke(tmp_path, capsys):
   results = mixed_precision.main(
-      ['--seeds', '1', '--epochs', '1', '--steps', '20', '--out', str(tmp_path)])
+    ['--seeds', '1', '--epochs', '1', '--steps', '20', '--out', str(tmp_path)]
+  )
   assert (tmp_path / 'results.md').is_file()
   assert json.loads((tmp_path / 'results.json').read_text()) == json.loads(json.dumps(results))
   assert '## A.' in capsys.readouterr().out

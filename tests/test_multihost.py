@@ -35,8 +35,11 @@ def _env() -> dict[str, str]:
   """The environment minus the test session's 8-device flag: the example
   chooses its device count with --cpu-devices."""
   env = dict(os.environ)
-  flags = [f for f in env.get('XLA_FLAGS', '').split()
-           if not f.startswith('--xla_force_host_platform_device_count')]
+  flags = [
+    f
+    for f in env.get('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+  ]
   env['XLA_FLAGS'] = ' '.join(flags)
   env['JAX_PLATFORMS'] = 'cpu'
   return env
@@ -49,10 +52,13 @@ def _run_all(commands: dict[str, list[str]], logs: Path, timeout_s: float) -> di
   files = {}
   try:
     for name, args in commands.items():
-      files[name] = open(logs / f'{name}.log', 'w')  # pylint: disable=consider-using-with
+      files[name] = open(logs / f'{name}.log', 'w')  # noqa: SIM115 (closed in the finally)
       procs[name] = subprocess.Popen(
-          [sys.executable, str(EXAMPLE), *args], env=_env(),
-          stdout=files[name], stderr=subprocess.STDOUT, cwd=EXAMPLE.parent.parent,
+        [sys.executable, str(EXAMPLE), *args],
+        env=_env(),
+        stdout=files[name],
+        stderr=subprocess.STDOUT,
+        cwd=EXAMPLE.parent.parent,
       )
     deadline = time.monotonic() + timeout_s
     failure = None
@@ -85,13 +91,24 @@ def _run_all(commands: dict[str, list[str]], logs: Path, timeout_s: float) -> di
 def test_two_processes_match_one_process(tmp_path):
   port = _free_port()
   common = ['--steps', str(STEPS), '--log-every', '10']
-  multi = ['--coordinator-address', f'127.0.0.1:{port}', '--num-processes', '2',
-           '--cpu-devices', '2', '--zero']
-  logs = _run_all({
+  multi = [
+    '--coordinator-address',
+    f'127.0.0.1:{port}',
+    '--num-processes',
+    '2',
+    '--cpu-devices',
+    '2',
+    '--zero',
+  ]
+  logs = _run_all(
+    {
       'process0': [*common, *multi, '--process-id', '0', '--out', str(tmp_path / 'multi.npz')],
       'process1': [*common, *multi, '--process-id', '1'],
       'single': [*common, '--cpu-devices', '1', '--out', str(tmp_path / 'single.npz')],
-  }, tmp_path, TIMEOUT_S)
+    },
+    tmp_path,
+    TIMEOUT_S,
+  )
   assert '2 process(es) x 2 cpu device(s)' in logs['process0'], logs['process0']
   assert '1 process(es) x 1 cpu device(s)' in logs['single'], logs['single']
   multi_params, single_params = np.load(tmp_path / 'multi.npz'), np.load(tmp_path / 'single.npz')
@@ -103,15 +120,31 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_help_explains_cluster_launch():
-  out = subprocess.run([sys.executable, str(EXAMPLE), '--help'], env=_env(),
-                       capture_output=True, text=True, timeout=60, check=True).stdout
-  for flag in ('--coordinator-address', '--num-processes', '--process-id',
-               '--auto-cluster', '--cpu-devices'):
+  out = subprocess.run(
+    [sys.executable, str(EXAMPLE), '--help'],
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=True,
+  ).stdout
+  for flag in (
+    '--coordinator-address',
+    '--num-processes',
+    '--process-id',
+    '--auto-cluster',
+    '--cpu-devices',
+  ):
     assert flag in out, flag
   assert 'once per process' in out
 
 
 def test_bad_launch_arguments_are_rejected():
-  proc = subprocess.run([sys.executable, str(EXAMPLE), '--num-processes', '2'],
-                        env=_env(), capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    [sys.executable, str(EXAMPLE), '--num-processes', '2'],
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 2 and '--coordinator-address' in proc.stderr, proc.stderr

@@ -32,9 +32,21 @@ def _check_outputs(out: pathlib.Path, pngs: list[str]) -> dict:
 def test_toy_2d(load_example, tmp_path, capsys):
   toy = load_example('toy_2d')
   out = tmp_path / 'toy'
-  data = toy.main(['--steps', '300', '--seeds', '1', '--lrs', '1e-2,0.1',
-                   '--problems', 'quadratic,rosenbrock', '--out', str(out),
-                   '--no-progress'])
+  data = toy.main(
+    [
+      '--steps',
+      '300',
+      '--seeds',
+      '1',
+      '--lrs',
+      '1e-2,0.1',
+      '--problems',
+      'quadratic,rosenbrock',
+      '--out',
+      str(out),
+      '--no-progress',
+    ]
+  )
   saved = _check_outputs(out, ['trajectories.png', 'distance.png'])
   assert saved['config']['lrs'] == [1e-3, 1e-2, 0.1]  # --lr joins the grid.
   assert set(saved['results']) == {'quadratic', 'rosenbrock'}
@@ -64,18 +76,37 @@ def test_toy_2d_rejects_bad_flags(load_example, tmp_path):
 def test_gan_2d(load_example, tmp_path, capsys):
   gan = load_example('gan_2d')
   out = tmp_path / 'gan'
-  gan.main(['--steps', '20', '--eval-every', '10', '--seeds', '1',
-            '--b1s', '0.5', '--lrs', '2e-4,1e-3', '--hidden', '16',
-            '--out', str(out), '--no-progress'])
+  gan.main(
+    [
+      '--steps',
+      '20',
+      '--eval-every',
+      '10',
+      '--seeds',
+      '1',
+      '--b1s',
+      '0.5',
+      '--lrs',
+      '2e-4,1e-3',
+      '--hidden',
+      '16',
+      '--out',
+      str(out),
+      '--no-progress',
+    ]
+  )
   saved = _check_outputs(out, ['samples.png', 'curves.png'])
   results = saved['results']
   assert [(r['optimizer'], r['b1'], r['lr']) for r in results] == [
-      ('adabelief', 0.5, 2e-4), ('adabelief', 0.5, 1e-3),
-      ('adam', 0.5, 2e-4), ('adam', 0.5, 1e-3)]
+    ('adabelief', 0.5, 2e-4),
+    ('adabelief', 0.5, 1e-3),
+    ('adam', 0.5, 2e-4),
+    ('adam', 0.5, 1e-3),
+  ]
   assert len(saved['summary']) == 2
   for r in results:
     assert r['eval_steps'] == [10, 20]
-    assert len(r['modes']) == 1 and len(r['modes'][0]) == 2   # seeds x evals
+    assert len(r['modes']) == 1 and len(r['modes'][0]) == 2  # seeds x evals
     assert all(0 <= m <= 8 for m in r['modes'][0])
     assert all(0.0 <= q <= 1.0 for q in r['quality'][0])
     assert r['collapsed_fraction'] in (0.0, 1.0)
@@ -102,11 +133,35 @@ def test_gan_2d_metrics(load_example):
 def test_lstm_lm(load_example, tmp_path, capsys):
   lstm = load_example('lstm_lm')
   out = tmp_path / 'lstm'
-  lstm.main(['--epochs', '1', '--seeds', '1', '--train-kb', '8',
-             '--eval-kb', '2', '--hidden', '16', '--embed', '8',
-             '--seq-len', '32', '--batch-size', '16',
-             '--lrs-adabelief', '3e-3', '--lrs-adam', '3e-3',
-             '--lrs-sgd', '0.3,1', '--out', str(out), '--no-progress'])
+  lstm.main(
+    [
+      '--epochs',
+      '1',
+      '--seeds',
+      '1',
+      '--train-kb',
+      '8',
+      '--eval-kb',
+      '2',
+      '--hidden',
+      '16',
+      '--embed',
+      '8',
+      '--seq-len',
+      '32',
+      '--batch-size',
+      '16',
+      '--lrs-adabelief',
+      '3e-3',
+      '--lrs-adam',
+      '3e-3',
+      '--lrs-sgd',
+      '0.3,1',
+      '--out',
+      str(out),
+      '--no-progress',
+    ]
+  )
   saved = _check_outputs(out, ['curves.png'])
   results = saved['results']
   assert [r['optimizer'] for r in results] == ['adabelief', 'adam', 'sgd']

@@ -12,8 +12,9 @@ from tests.reference import AdaBeliefOracle, BeliefOracle, rho_t
 
 def test_first_two_steps_by_hand_real_and_complex():
   b1, b2, eps = 0.9, 0.999, 1e-8
-  oracle = BeliefOracle([np.zeros(()), np.zeros((), np.complex64)],
-                        b1=b1, b2=b2, eps=eps, eps_root=0.0)
+  oracle = BeliefOracle(
+    [np.zeros(()), np.zeros((), np.complex64)], b1=b1, b2=b2, eps=eps, eps_root=0.0
+  )
 
   # Step 1, real g = 2: m1 = 0.2, s1 = 0.001 * 1.8^2, m_hat = 2, s_hat = 3.24.
   # Complex g = 1 + 1j: g - m1 = 0.9 (1 + 1j), |.|^2 = 1.62, s_hat = 1.62.
@@ -48,23 +49,21 @@ def test_rectify_first_step_is_sgd_or_zero(degenerate_to_sgd):
 
 def test_amsgrad_uses_running_max():
   b1, b2, eps = 0.9, 0.999, 1e-8
-  oracle = BeliefOracle([np.zeros(())], b1=b1, b2=b2, eps=eps, eps_root=0.0,
-                        amsgrad=True)
-  oracle.direction([np.array(10.0)])        # s1 = 0.001 * 81 = 0.081
+  oracle = BeliefOracle([np.zeros(())], b1=b1, b2=b2, eps=eps, eps_root=0.0, amsgrad=True)
+  oracle.direction([np.array(10.0)])  # s1 = 0.001 * 81 = 0.081
   assert oracle.states[0].nu_max == pytest.approx(0.081, rel=1e-14)
   # g2 = 1: m2 = 0.9 + 0.1 = 1.0, g - m2 = 0, s2 = 0.999 * 0.081 < s1.
   (u,) = oracle.direction([np.array(1.0)])
   assert oracle.states[0].nu == pytest.approx(0.999 * 0.081, rel=1e-14)
   assert oracle.states[0].nu_max == pytest.approx(0.081, rel=1e-14)
   m_hat = 1.0 / (1 - 0.9**2)
-  s_hat = 0.081 / (1 - 0.999**2)            # the max, not s2
+  s_hat = 0.081 / (1 - 0.999**2)  # the max, not s2
   assert u == pytest.approx(m_hat / (math.sqrt(s_hat) + eps), rel=1e-13)
 
 
 def test_nesterov_first_step():
   b1, b2, eps, g = 0.9, 0.999, 1e-8, -4.0
-  oracle = BeliefOracle([np.zeros(())], b1=b1, b2=b2, eps=eps, eps_root=0.0,
-                        nesterov=True)
+  oracle = BeliefOracle([np.zeros(())], b1=b1, b2=b2, eps=eps, eps_root=0.0, nesterov=True)
   (u,) = oracle.direction([np.array(g)])
   # m1 = (1 - b1) g; m_hat = b1 (1 - b1) g / (1 - b1^2) + g = g (1 + b1 / (1 + b1)).
   # s_hat = (b1 g)^2, so sqrt(s_hat) = |b1 g| = 3.6.
@@ -78,14 +77,18 @@ def test_weight_decay_modes_first_step(mode):
   # also for 'l2' (g' = g + wd p gives the same u1 at step 1).
   lr, wd, p = 0.1, 0.01, 1.5
   params = [np.array(p), np.array(p)]
-  opt = AdaBeliefOracle(params, learning_rate=lambda k: lr * (k + 1),
-                        weight_decay=wd, weight_decay_mode=mode,
-                        weight_decay_mask=[True, False], eps=0.0, eps_root=0.0)
+  opt = AdaBeliefOracle(
+    params,
+    learning_rate=lambda k: lr * (k + 1),
+    weight_decay=wd,
+    weight_decay_mode=mode,
+    weight_decay_mask=[True, False],
+    eps=0.0,
+    eps_root=0.0,
+  )
   new, deltas = opt.step(params, [np.array(2.0), np.array(2.0)])
   u = 10.0 / 9.0
-  expected = {'decoupled': -lr * (u + wd * p),
-              'fixed': -lr * u - wd * p,
-              'l2': -lr * u}[mode]
+  expected = {'decoupled': -lr * (u + wd * p), 'fixed': -lr * u - wd * p, 'l2': -lr * u}[mode]
   assert deltas[0] == pytest.approx(expected, rel=1e-14)
   assert deltas[1] == pytest.approx(-lr * u, rel=1e-14)  # masked out: no decay
   assert new[0] == pytest.approx(p + expected, rel=1e-14)

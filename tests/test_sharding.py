@@ -12,6 +12,7 @@ with ``python tests/test_sharding.py check_zero1_auto``.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -21,8 +22,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 N_DEVICES = 8
 TIMEOUT_S = 240  # Hard limit for the child; the checks take 30-50 s on 2 busy cores.
@@ -32,8 +34,11 @@ _RESULT_TAG = 'ADABELIEF_SHARDING_RESULTS '
 def _child_env() -> dict[str, str]:
   """This environment, with 8 CPU devices and the CPU platform."""
   env = dict(os.environ)
-  flags = [f for f in env.get('XLA_FLAGS', '').split()
-           if not f.startswith('--xla_force_host_platform_device_count')]
+  flags = [
+    f
+    for f in env.get('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+  ]
   env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={N_DEVICES}'])
   env['JAX_PLATFORMS'] = 'cpu'
   return env
@@ -53,6 +58,7 @@ from jax.sharding import PartitionSpec as P
 
 import adabelief_jax
 from adabelief_jax import sharding
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # ---------------------------------------------------------------------------
@@ -79,16 +85,17 @@ def _mlp_params(seed: int = 0, sizes: tuple[int, ...] = (16, 64, 8)) -> dict[str
   """A two-layer perceptron's parameters as NumPy float32 arrays."""
   rng = np.random.default_rng(seed)
   params = {}
-  for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+  for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
     params[f'layer{i}'] = {
-        'w': (rng.normal(size=(n_in, n_out)) / math.sqrt(n_in)).astype(np.float32),
-        'b': np.zeros((n_out,), np.float32),
+      'w': (rng.normal(size=(n_in, n_out)) / math.sqrt(n_in)).astype(np.float32),
+      'b': np.zeros((n_out,), np.float32),
     }
   return params
 
 
-def _batches(steps: int, batch: int = 32, n_in: int = 16, n_out: int = 8,
-             seed: int = 1) -> list[tuple[Any, Any]]:
+def _batches(
+  steps: int, batch: int = 32, n_in: int = 16, n_out: int = 8, seed: int = 1
+) -> list[tuple[Any, Any]]:
   """``steps`` global batches (x, y) of a fixed nonlinear regression task."""
   rng = np.random.default_rng(seed)
   teacher = rng.normal(size=(n_in, n_out)).astype(np.float32)
@@ -146,24 +153,29 @@ def _reference(steps: int) -> Any:
 
 def _max_abs_diff(a: Any, b: Any) -> float:
   diffs = jax.tree.map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
-      a, b)
+    lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b
+  )
   return max(jax.tree.leaves(diffs))
 
 
 def _assert_same_shardings(tree: Any, shardings: Any, what: str) -> None:
-  for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(tree),
-                          jax.tree.leaves(shardings)):
+  for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(shardings)):
     assert x.sharding.is_equivalent_to(s, x.ndim), (
-        f'{what}{jax.tree_util.keystr(path)}: {x.sharding} is not {s}')
+      f'{what}{jax.tree_util.keystr(path)}: {x.sharding} is not {s}'
+    )
 
 
-def _mesh_step(tx: Any, param_sh: Any, state_sh: Any, batch_sh: Any,
-               out_sharding: Any = None) -> Callable[..., Any]:
+def _mesh_step(
+  tx: Any, param_sh: Any, state_sh: Any, batch_sh: Any, out_sharding: Any = None
+) -> Callable[..., Any]:
   """The user's train step: jit with in/out shardings and donation."""
 
-  @functools.partial(jax.jit, in_shardings=(param_sh, state_sh, batch_sh),
-                     out_shardings=(param_sh, state_sh), donate_argnums=(0, 1))
+  @functools.partial(
+    jax.jit,
+    in_shardings=(param_sh, state_sh, batch_sh),
+    out_shardings=(param_sh, state_sh),
+    donate_argnums=(0, 1),
+  )
   def step(params, state, batch):
     grads = jax.grad(_loss)(params, batch, out_sharding)
     updates, state = tx.update(grads, state, params)
@@ -178,20 +190,22 @@ def check_plan_follows_params() -> dict[str, Any]:
   mesh = jax.make_mesh((4, 2), ('data', 'model'), axis_types=_auto(2))
   specs = {'w': P(None, 'model'), 'b': P('model'), 'scale': P()}
   params = {
-      'w': jax.device_put(jnp.ones((6, 8)), NamedSharding(mesh, specs['w'])),
-      'b': jax.device_put(jnp.ones((8,), jnp.bfloat16), NamedSharding(mesh, specs['b'])),
-      'scale': jnp.ones(()),  # Single-device: counts as replicated.
+    'w': jax.device_put(jnp.ones((6, 8)), NamedSharding(mesh, specs['w'])),
+    'b': jax.device_put(jnp.ones((8,), jnp.bfloat16), NamedSharding(mesh, specs['b'])),
+    'scale': jnp.ones(()),  # Single-device: counts as replicated.
   }
   transforms = {
-      'adabelief': _optimizer(),
-      'scale_by_belief': adabelief_jax.scale_by_belief(),
-      'masked': optax.masked(_optimizer(), {'w': True, 'b': False, 'scale': True}),
-      'multi_transform': optax.multi_transform(
-          {'belief': _optimizer(), 'sgd': optax.sgd(0.1, momentum=0.9)},
-          {'w': 'belief', 'b': 'sgd', 'scale': 'belief'}),
-      'multi_steps': optax.MultiSteps(_optimizer(), every_k_schedule=2),
-      'inject_hyperparams': optax.inject_hyperparams(adabelief_jax.adabelief)(
-          learning_rate=1e-3, weight_decay=1e-4),
+    'adabelief': _optimizer(),
+    'scale_by_belief': adabelief_jax.scale_by_belief(),
+    'masked': optax.masked(_optimizer(), {'w': True, 'b': False, 'scale': True}),
+    'multi_transform': optax.multi_transform(
+      {'belief': _optimizer(), 'sgd': optax.sgd(0.1, momentum=0.9)},
+      {'w': 'belief', 'b': 'sgd', 'scale': 'belief'},
+    ),
+    'multi_steps': optax.MultiSteps(_optimizer(), every_k_schedule=2),
+    'inject_hyperparams': optax.inject_hyperparams(adabelief_jax.adabelief)(
+      learning_rate=1e-3, weight_decay=1e-4
+    ),
   }
   counts = {}
   for name, tx in transforms.items():
@@ -212,7 +226,8 @@ def check_plan_follows_params() -> dict[str, Any]:
     counts[name] = (len(moments), len(others))
   # mesh=None takes the params' mesh; an explicit one must agree.
   assert jax.tree.leaves(sharding.state_shardings(_optimizer(), params, mesh)) == (
-      jax.tree.leaves(sharding.state_shardings(_optimizer(), params)))
+    jax.tree.leaves(sharding.state_shardings(_optimizer(), params))
+  )
   return {'moment_and_other_leaves': counts}
 
 
@@ -221,21 +236,27 @@ def check_plan_zero1() -> dict[str, Any]:
   """ZeRO-1 specs: largest divisible dimension, warnings, bytes per device."""
   mesh = jax.make_mesh((4, 2), ('data', 'model'), axis_types=_auto(2))
   sds = lambda shape, spec: jax.ShapeDtypeStruct(
-      shape, jnp.float32, sharding=NamedSharding(mesh, spec))
+    shape, jnp.float32, sharding=NamedSharding(mesh, spec)
+  )
   params = {
-      'emb': sds((12, 16), P()),              # both divide: 16 is larger
-      'square': sds((8, 8), P()),             # a tie: the first dimension
-      'kernel': sds((16, 6), P(None, 'model')),  # 6/2 = 3 per shard: dim 0
-      'wide': sds((4, 16), P(None, 'model')),  # 16 / (2 * 4): dim 1, both axes
-      'fsdp': sds((8, 8), P('data', None)),   # already along 'data'
-      'odd': sds((3, 5), P()),                # nothing divides: warning
-      'bias': sds((3,), P()),                 # fewer elements than 4: no warning
-      'scalar': jax.ShapeDtypeStruct((), jnp.float32),  # no sharding: replicated
+    'emb': sds((12, 16), P()),  # both divide: 16 is larger
+    'square': sds((8, 8), P()),  # a tie: the first dimension
+    'kernel': sds((16, 6), P(None, 'model')),  # 6/2 = 3 per shard: dim 0
+    'wide': sds((4, 16), P(None, 'model')),  # 16 / (2 * 4): dim 1, both axes
+    'fsdp': sds((8, 8), P('data', None)),  # already along 'data'
+    'odd': sds((3, 5), P()),  # nothing divides: warning
+    'bias': sds((3,), P()),  # fewer elements than 4: no warning
+    'scalar': jax.ShapeDtypeStruct((), jnp.float32),  # no sharding: replicated
   }
   want = {
-      'emb': P(None, 'data'), 'square': P('data'), 'kernel': P('data', 'model'),
-      'wide': P(None, ('model', 'data')), 'fsdp': P('data', None),
-      'odd': P(), 'bias': P(), 'scalar': P(),
+    'emb': P(None, 'data'),
+    'square': P('data'),
+    'kernel': P('data', 'model'),
+    'wide': P(None, ('model', 'data')),
+    'fsdp': P('data', None),
+    'odd': P(),
+    'bias': P(),
+    'scalar': P(),
   }
   tx = adabelief_jax.scale_by_belief()
   with warnings.catch_warnings(record=True) as caught:
@@ -268,8 +289,7 @@ def check_plan_zero1() -> dict[str, Any]:
   assert jax.tree.leaves(jax.tree.map(lambda a: a.sharding, abstract)) == jax.tree.leaves(shardings)
   # An axis of size one changes nothing.
   mesh1 = jax.make_mesh((8, 1), ('model', 'data'), axis_types=_auto(2))
-  one = {'w': jax.ShapeDtypeStruct((8, 8), jnp.float32,
-                                   sharding=NamedSharding(mesh1, P('model')))}
+  one = {'w': jax.ShapeDtypeStruct((8, 8), jnp.float32, sharding=NamedSharding(mesh1, P('model')))}
   assert sharding.state_shardings(tx, one, shard_axis='data').mu['w'].spec == P('model')
   return {'bytes_per_device': plan.bytes_per_device, 'unsharded_bytes': plan.nbytes}
 
@@ -289,26 +309,40 @@ def check_errors_name_arguments() -> dict[str, Any]:
     else:
       raise AssertionError(f'no {exc.__name__} mentioning {fragment!r}')
 
-  raises(ValueError, '`shard_axis`=\'batch\'',
-         lambda: sharding.state_shardings(tx, params, shard_axis='batch'))
-  raises(TypeError, '`shard_axis`',
-         lambda: sharding.state_shardings(tx, params, shard_axis=('data',)))
-  raises(ValueError, 'pass `mesh=`',
-         lambda: sharding.state_shardings(tx, {'w': np.ones((8, 4), np.float32)}))
-  raises(ValueError, 'not over `mesh`',
-         lambda: sharding.state_shardings(tx, params, other))
-  raises(TypeError, '`mesh` must be a jax.sharding.Mesh',
-         lambda: sharding.state_shardings(tx, params, 'data'))
+  raises(
+    ValueError,
+    "`shard_axis`='batch'",
+    lambda: sharding.state_shardings(tx, params, shard_axis='batch'),
+  )
+  raises(
+    TypeError, '`shard_axis`', lambda: sharding.state_shardings(tx, params, shard_axis=('data',))
+  )
+  raises(
+    ValueError,
+    'pass `mesh=`',
+    lambda: sharding.state_shardings(tx, {'w': np.ones((8, 4), np.float32)}),
+  )
+  raises(ValueError, 'not over `mesh`', lambda: sharding.state_shardings(tx, params, other))
+  raises(
+    TypeError,
+    '`mesh` must be a jax.sharding.Mesh',
+    lambda: sharding.state_shardings(tx, params, 'data'),
+  )
   raises(TypeError, '`tx`', lambda: sharding.state_shardings(lambda p: p, params))
   raises(ValueError, 'no leaves', lambda: sharding.state_shardings(tx, {}, mesh))
-  raises(TypeError, 'abstract_state()', lambda: sharding.init_sharded(
-      tx, {'w': jax.ShapeDtypeStruct((8, 4), jnp.float32)}, mesh))
+  raises(
+    TypeError,
+    'abstract_state()',
+    lambda: sharding.init_sharded(tx, {'w': jax.ShapeDtypeStruct((8, 4), jnp.float32)}, mesh),
+  )
   pmapped = jax.pmap(lambda x: x)(jnp.ones((N_DEVICES, 4)))
-  raises(TypeError, "params['w'] comes from jax.pmap",
-         lambda: sharding.state_shardings(tx, {'w': pmapped}, mesh))
+  raises(
+    TypeError,
+    "params['w'] comes from jax.pmap",
+    lambda: sharding.state_shardings(tx, {'w': pmapped}, mesh),
+  )
   # NumPy params with a mesh given: replicated.
-  np_sh = sharding.state_shardings(tx, {'w': np.ones((8, 4), np.float32)}, mesh,
-                                   shard_axis='data')
+  np_sh = sharding.state_shardings(tx, {'w': np.ones((8, 4), np.float32)}, mesh, shard_axis='data')
   assert np_sh[0].mu['w'].spec == P('data')
   return {}
 
@@ -334,23 +368,27 @@ def check_pmap_matches_single_device() -> dict[str, Any]:
     replicated, state = jax.block_until_ready(step(replicated, state, split))  # See _zero1.
   got = jax.tree.map(lambda a: np.asarray(a)[0], replicated)
   for i in range(1, n):  # Every replica holds the same parameters.
-    jax.tree.map(lambda a, i=i: np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(a)[0]),
-                 replicated)
+    jax.tree.map(
+      lambda a, i=i: np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(a)[0]), replicated
+    )
   diff = _max_abs_diff(got, want)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
   return {'steps': len(batches), 'max_abs_diff': diff}
 
 
-def _mesh_2d(axis_types: tuple[Any, ...], shard_axis: str | None = None,
-             wrapper: bool = False, steps: int = 20) -> dict[str, Any]:
+def _mesh_2d(
+  axis_types: tuple[Any, ...], shard_axis: str | None = None, wrapper: bool = False, steps: int = 20
+) -> dict[str, Any]:
   """data x model mesh, params sharded along model: state placed as planned
   after init and every step, results those of one device."""
   mesh = jax.make_mesh((4, 2), ('data', 'model'), axis_types=axis_types)
   explicit = axis_types[0] == AxisType.Explicit
   tx, params, batches = _optimizer(), _mlp_params(), _batches(steps)
   want = _reference(len(batches))
-  specs = {'layer0': {'w': P(None, 'model'), 'b': P('model')},
-           'layer1': {'w': P('model', None), 'b': P()}}
+  specs = {
+    'layer0': {'w': P(None, 'model'), 'b': P('model')},
+    'layer1': {'w': P('model', None), 'b': P()},
+  }
   param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   batch_sh = NamedSharding(mesh, P('data'))
   params = jax.device_put(params, param_sh)
@@ -363,8 +401,7 @@ def _mesh_2d(axis_types: tuple[Any, ...], shard_axis: str | None = None,
     state = tx.init(params)
   else:
     state = jax.jit(tx.init, out_shardings=state_sh)(params)
-  step = _mesh_step(tx, param_sh, state_sh, batch_sh,
-                    out_sharding=batch_sh if explicit else None)
+  step = _mesh_step(tx, param_sh, state_sh, batch_sh, out_sharding=batch_sh if explicit else None)
 
   def check_placement(state: Any, when: str) -> None:
     _assert_same_shardings(state, state_sh, f'state after {when}')
@@ -375,14 +412,20 @@ def _mesh_2d(axis_types: tuple[Any, ...], shard_axis: str | None = None,
   check_placement(state, 'init')
   for i, batch in enumerate(batches):
     params, state = jax.block_until_ready(  # One step in flight: see _zero1.
-        step(params, state, jax.device_put(batch, batch_sh)))
+      step(params, state, jax.device_put(batch, batch_sh))
+    )
     check_placement(state, f'step {i + 1}')
     _assert_same_shardings(params, param_sh, f'params after step {i + 1}')
   diff = _max_abs_diff(params, want)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, want)
-  return {'steps': len(batches), 'max_abs_diff': diff,
-          'moment_specs': {jax.tree_util.keystr(k): str(v.spec)
-                           for k, v in jax.tree_util.tree_leaves_with_path(moment_sh)}}
+  return {
+    'steps': len(batches),
+    'max_abs_diff': diff,
+    'moment_specs': {
+      jax.tree_util.keystr(k): str(v.spec)
+      for k, v in jax.tree_util.tree_leaves_with_path(moment_sh)
+    },
+  }
 
 
 @check
@@ -424,10 +467,10 @@ def _zero1(axis_types: tuple[Any, ...], wrapper: bool) -> dict[str, Any]:
   with warnings.catch_warnings():
     warnings.simplefilter('error', sharding.ShardingWarning)  # All dims divide.
     zero_sh = sharding.state_shardings(tx, params, shard_axis='data')
-    zero_tx = (sharding.with_sharded_state(tx, params, shard_axis='data')
-               if wrapper else tx)
-  zero_state = (zero_tx.init(params) if wrapper
-                else sharding.init_sharded(tx, params, shard_axis='data'))
+    zero_tx = sharding.with_sharded_state(tx, params, shard_axis='data') if wrapper else tx
+  zero_state = (
+    zero_tx.init(params) if wrapper else sharding.init_sharded(tx, params, shard_axis='data')
+  )
   _assert_same_shardings(zero_state, zero_sh, 'ZeRO state after init')
   zero_bytes = sharding.bytes_per_device(zero_state)
   assert len(zero_bytes) == N_DEVICES and len(set(zero_bytes.values())) == 1, zero_bytes
@@ -436,11 +479,15 @@ def _zero1(axis_types: tuple[Any, ...], wrapper: bool) -> dict[str, Any]:
   scalar_bytes = 4  # The int32 count, replicated.
   assert max(plain_bytes.values()) == n_moments * param_bytes + scalar_bytes
   assert max(zero_bytes.values()) == n_moments * param_bytes // N_DEVICES + scalar_bytes, (
-      zero_bytes, plain_bytes)
+    zero_bytes,
+    plain_bytes,
+  )
 
   runs = {}
-  for name, run_tx, state, state_sh in (('data_parallel', tx, plain_state, plain_sh),
-                                        ('zero1', zero_tx, zero_state, zero_sh)):
+  for name, run_tx, state, state_sh in (
+    ('data_parallel', tx, plain_state, plain_sh),
+    ('zero1', zero_tx, zero_state, zero_sh),
+  ):
     step = _mesh_step(run_tx, param_sh, state_sh, batch_sh)
     p = jax.device_put(host_params, param_sh)  # The step donates its inputs.
     for batch in batches:
@@ -450,14 +497,15 @@ def _zero1(axis_types: tuple[Any, ...], wrapper: bool) -> dict[str, Any]:
       p, state = jax.block_until_ready(step(p, state, jax.device_put(batch, batch_sh)))
     _assert_same_shardings(state, state_sh, f'{name} state after {steps} steps')
     runs[name] = p
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               runs['zero1'], want)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), runs['zero1'], want
+  )
   return {
-      'steps': steps,
-      'state_bytes_per_device_replicated': max(plain_bytes.values()),
-      'state_bytes_per_device_zero1': max(zero_bytes.values()),
-      'max_abs_diff_vs_single_device': _max_abs_diff(runs['zero1'], want),
-      'max_abs_diff_vs_data_parallel': _max_abs_diff(runs['zero1'], runs['data_parallel']),
+    'steps': steps,
+    'state_bytes_per_device_replicated': max(plain_bytes.values()),
+    'state_bytes_per_device_zero1': max(zero_bytes.values()),
+    'max_abs_diff_vs_single_device': _max_abs_diff(runs['zero1'], want),
+    'max_abs_diff_vs_data_parallel': _max_abs_diff(runs['zero1'], runs['data_parallel']),
   }
 
 
@@ -480,20 +528,23 @@ def check_orbax_checkpoint_round_trip() -> dict[str, Any]:
     return {'skipped': 'orbax-checkpoint is not installed (pip install orbax-checkpoint)'}
   mesh = jax.make_mesh((4, 2), ('data', 'model'), axis_types=_auto(2))
   tx, batches = _optimizer(), _batches(12)
-  specs = {'layer0': {'w': P(None, 'model'), 'b': P('model')},
-           'layer1': {'w': P('model', None), 'b': P()}}
+  specs = {
+    'layer0': {'w': P(None, 'model'), 'b': P('model')},
+    'layer1': {'w': P('model', None), 'b': P()},
+  }
   param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   batch_sh = NamedSharding(mesh, P('data'))
   abstract_params = jax.tree.map(
-      lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-      _mlp_params(), param_sh)
+    lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), _mlp_params(), param_sh
+  )
   state_sh = sharding.state_shardings(tx, abstract_params, shard_axis='data')
   step = _mesh_step(tx, param_sh, state_sh, batch_sh)
 
   def train(params: Any, state: Any, batches: list[Any]) -> tuple[Any, Any]:
     for batch in batches:
       params, state = jax.block_until_ready(  # See _zero1.
-          step(params, state, jax.device_put(batch, batch_sh)))
+        step(params, state, jax.device_put(batch, batch_sh))
+      )
     return params, state
 
   def fresh() -> tuple[Any, Any]:
@@ -508,8 +559,10 @@ def check_orbax_checkpoint_round_trip() -> dict[str, Any]:
       checkpointer.save(path, {'params': params, 'opt_state': state})
       checkpointer.wait_until_finished()
     del params, state
-    target = {'params': abstract_params,
-              'opt_state': sharding.abstract_state(tx, abstract_params, shard_axis='data')}
+    target = {
+      'params': abstract_params,
+      'opt_state': sharding.abstract_state(tx, abstract_params, shard_axis='data'),
+    }
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(path, target)
   _assert_same_shardings(restored['opt_state'], state_sh, 'restored state')
@@ -518,8 +571,7 @@ def check_orbax_checkpoint_round_trip() -> dict[str, Any]:
   jax.tree.map(np.testing.assert_array_equal, got_params, want_params)
   jax.tree.map(np.testing.assert_array_equal, got_state, want_state)
   zero = sharding.bytes_per_device(got_state)
-  return {'steps': len(batches), 'restored_at': 5,
-          'state_bytes_per_device': max(zero.values())}
+  return {'steps': len(batches), 'restored_at': 5, 'state_bytes_per_device': max(zero.values())}
 
 
 def _run_checks(names: list[str]) -> dict[str, Any]:
@@ -547,24 +599,29 @@ def child() -> dict[str, Any]:
   repo = Path(__file__).resolve().parent.parent
   try:
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *CHECKS],
-        env=_child_env(), cwd=repo, capture_output=True, text=True,
-        timeout=TIMEOUT_S, check=False,
+      [sys.executable, str(Path(__file__).resolve()), *CHECKS],
+      env=_child_env(),
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+      check=False,
     )
   except subprocess.TimeoutExpired as e:  # subprocess.run has killed the child.
     pytest.fail(f'the sharding checks ran past {TIMEOUT_S} s:\n{e.stderr}')
   for line in proc.stdout.splitlines():
     if line.startswith(_RESULT_TAG):
-      return json.loads(line[len(_RESULT_TAG):])
-  pytest.fail(f'the sharding checks crashed (exit {proc.returncode}):\n'
-              f'{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}')
+      return json.loads(line[len(_RESULT_TAG) :])
+  pytest.fail(
+    f'the sharding checks crashed (exit {proc.returncode}):\n'
+    f'{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}'
+  )
 
 
 def _assert_check(child: dict[str, Any], name: str) -> dict[str, Any]:
   result = child[name]
   if not result['ok']:
-    pytest.fail(f'{name} failed in the 8-device child process:\n{result["error"]}',
-                pytrace=False)
+    pytest.fail(f'{name} failed in the 8-device child process:\n{result["error"]}', pytrace=False)
   print(f'{name}: {result["seconds"]} s, {json.dumps(result["metrics"])}')
   return result['metrics']
 
@@ -596,7 +653,8 @@ def test_mesh_2d_explicit(child):
 def test_zero1_auto(child):
   metrics = _assert_check(child, 'check_zero1_auto')
   assert metrics['state_bytes_per_device_zero1'] * N_DEVICES < (
-      metrics['state_bytes_per_device_replicated'] + N_DEVICES * 4)
+    metrics['state_bytes_per_device_replicated'] + N_DEVICES * 4
+  )
 
 
 def test_zero1_explicit_with_sharded_state(child):
@@ -614,8 +672,8 @@ def test_orbax_checkpoint_round_trip(child):
 
 
 def test_every_check_has_a_test():
-  tests = {name[len('test_'):] for name in globals() if name.startswith('test_')}
-  assert {name[len('check_'):] for name in CHECKS} <= tests
+  tests = {name[len('test_') :] for name in globals() if name.startswith('test_')}
+  assert {name[len('check_') :] for name in CHECKS} <= tests
 
 
 if __name__ == '__main__':
@@ -626,8 +684,7 @@ if __name__ == '__main__':
     sys.exit(f'unknown checks {unknown}; known: {list(CHECKS)}')
   results = _run_checks(requested)
   for name, result in results.items():
-    print(f'{name}: {"ok" if result["ok"] else "FAILED"} in {result["seconds"]} s',
-          file=sys.stderr)
+    print(f'{name}: {"ok" if result["ok"] else "FAILED"} in {result["seconds"]} s', file=sys.stderr)
     if not result['ok']:
       print(result['error'], file=sys.stderr)
   print(_RESULT_TAG + json.dumps(results), flush=True)

@@ -18,9 +18,9 @@ from tests.helpers import leaves64, maybe_jit, random_grads, relative_error, tre
 STEPS = 100
 
 OPTION_GRID = [
-    dict(zip(('amsgrad', 'rectify', 'degenerate_to_sgd', 'nesterov'), flags))
-    for flags in itertools.product([False, True], repeat=4)
-    if flags[1] or flags[2]  # degenerate_to_sgd only matters with rectify
+  dict(zip(('amsgrad', 'rectify', 'degenerate_to_sgd', 'nesterov'), flags))
+  for flags in itertools.product([False, True], repeat=4)
+  if flags[1] or flags[2]  # degenerate_to_sgd only matters with rectify
 ]
 
 
@@ -35,12 +35,17 @@ def run_direction(tx, grads_seq, params, jit):
   return outputs, state
 
 
-@pytest.mark.parametrize('options', OPTION_GRID, ids=lambda o: '-'.join(
-    k for k, v in o.items() if v) or 'plain')
-@pytest.mark.parametrize('hyper', [
+@pytest.mark.parametrize(
+  'options', OPTION_GRID, ids=lambda o: '-'.join(k for k, v in o.items() if v) or 'plain'
+)
+@pytest.mark.parametrize(
+  'hyper',
+  [
     dict(b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16),
     dict(b1=0.5, b2=0.99, eps=1e-8, eps_root=1e-12),
-], ids=['default', 'other'])
+  ],
+  ids=['default', 'other'],
+)
 def test_matches_float64_oracle(options, hyper):
   params = tree_of(np.float32)
   grads_seq = random_grads(params, STEPS, seed=1)
@@ -71,17 +76,16 @@ def test_float64_matches_oracle_tightly(options):
 
 
 @pytest.mark.parametrize('nesterov', [False, True])
-@pytest.mark.parametrize('hyper', [
-    dict(), dict(b1=0.8, b2=0.95, eps=1e-8, eps_root=1e-10)])
+@pytest.mark.parametrize('hyper', [dict(), dict(b1=0.8, b2=0.95, eps=1e-8, eps_root=1e-10)])
 def test_matches_optax_scale_by_belief(nesterov, hyper):
   # In float64, where neither implementation's rounding hides a difference.
   with jax.enable_x64(True):
     params = tree_of(np.float64)
     grads_seq = random_grads(params, STEPS, seed=3)
-    ours, _ = run_direction(
-        scale_by_belief(nesterov=nesterov, **hyper), grads_seq, params, True)
+    ours, _ = run_direction(scale_by_belief(nesterov=nesterov, **hyper), grads_seq, params, True)
     theirs, _ = run_direction(
-        optax.scale_by_belief(nesterov=nesterov, **hyper), grads_seq, params, True)
+      optax.scale_by_belief(nesterov=nesterov, **hyper), grads_seq, params, True
+    )
     for a, b in zip(ours, theirs):
       jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-10), a, b)
 
@@ -118,11 +122,14 @@ def test_amsgrad_keeps_running_max(jit):
 
 
 @pytest.mark.parametrize('jit', [False, True])
-@pytest.mark.parametrize('dtype,state_dtype', [
+@pytest.mark.parametrize(
+  'dtype,state_dtype',
+  [
     (jnp.bfloat16, jnp.float32),
     (jnp.float16, jnp.float32),
     (jnp.float32, jnp.float32),
-])
+  ],
+)
 def test_dtypes_of_state_and_updates(jit, dtype, state_dtype):
   params = {'w': jnp.ones((3, 2), dtype), 'b': jnp.ones(2, dtype)}
   tx = scale_by_belief(amsgrad=True)
@@ -141,15 +148,17 @@ def test_dtypes_of_state_and_updates(jit, dtype, state_dtype):
 def test_half_precision_computes_in_float32(dtype):
   """16-bit gradients give the float64 oracle's numbers, rounded once at the end."""
   params = tree_of(np.float32)
-  grads_seq = [jax.tree.map(lambda g: g.astype(dtype), g) for g in
-               random_grads(params, 50, seed=4, scale=1e-3)]
+  grads_seq = [
+    jax.tree.map(lambda g: g.astype(dtype), g) for g in random_grads(params, 50, seed=4, scale=1e-3)
+  ]
   half_params = jax.tree.map(lambda p: p.astype(dtype), params)
   outputs, state = run_direction(scale_by_belief(), grads_seq, half_params, True)
   oracle = reference.BeliefOracle(leaves64(params))
   eps16 = float(jnp.finfo(dtype).eps)
   for got, grads in zip(outputs, grads_seq):
     want = oracle.direction(
-        [np.asarray(g.astype(jnp.float32), np.float64) for g in jax.tree.leaves(grads)])
+      [np.asarray(g.astype(jnp.float32), np.float64) for g in jax.tree.leaves(grads)]
+    )
     # One rounding to 16 bits at the end: half an ulp of the update's scale.
     assert relative_error(jax.tree.leaves(got), want) <= eps16 / 2 * 1.01
   # An s of about 1e-6 * 1e-3 would be zero or subnormal in float16: it is kept.
@@ -225,7 +234,7 @@ def test_scan_and_cond_match_python_loop():
 
   scanned_final, scanned = jax.lax.scan(body, tx.init(params), stacked)
   for i, u in enumerate(loop):
-    assert relative_error(jax.tree.map(lambda a: a[i], scanned), u) < 1e-6
+    assert relative_error(jax.tree.map(lambda a, i=i: a[i], scanned), u) < 1e-6
   assert int(scanned_final.count) == int(final.count) == 20
 
 
@@ -263,7 +272,8 @@ def test_masked_and_multi_transform():
   np.testing.assert_allclose(u['b'], grads['b'])  # masked out: unchanged
   assert not np.allclose(u['w'], grads['w'])
   multi = optax.multi_transform(
-      {'belief': scale_by_belief(), 'sgd': optax.identity()}, {'w': 'belief', 'b': 'sgd'})
+    {'belief': scale_by_belief(), 'sgd': optax.identity()}, {'w': 'belief', 'b': 'sgd'}
+  )
   u2, _ = jax.jit(multi.update)(grads, multi.init(params))
   np.testing.assert_allclose(u2['w'], u['w'])
   np.testing.assert_allclose(u2['b'], grads['b'])
@@ -283,8 +293,7 @@ def test_apply_if_finite_leaves_state_untouched_on_rejection():
 
 
 def test_sharded_eager_init_keeps_shardings():
-  mesh = jax.make_mesh((2, 4), ('data', 'model'),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  mesh = jax.make_mesh((2, 4), ('data', 'model'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   sharding = jax.sharding.NamedSharding(mesh, jax.P(None, 'model'))
   params = {'w': jax.device_put(jnp.ones((6, 8)), sharding)}
   state = scale_by_belief(amsgrad=True).init(params)
@@ -295,12 +304,13 @@ def test_sharded_eager_init_keeps_shardings():
 
 
 def test_explicit_axes_state_types_are_stable():
-  mesh = jax.make_mesh((2, 4), ('data', 'model'),
-                       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  mesh = jax.make_mesh((2, 4), ('data', 'model'), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
   tx = adabelief_jax.adabelief(1e-3, weight_decay=1e-2, amsgrad=True, rectify=True)
   with jax.set_mesh(mesh):
-    params = {'w': jax.device_put(jnp.ones((6, 8)), jax.P(None, 'model')),
-              'b': jax.device_put(jnp.ones((8,)), jax.P('model'))}
+    params = {
+      'w': jax.device_put(jnp.ones((6, 8)), jax.P(None, 'model')),
+      'b': jax.device_put(jnp.ones((8,)), jax.P('model')),
+    }
     state = jax.jit(tx.init)(params)
     grads = jax.tree.map(lambda p: p * 0.1, params)
     _, new_state = jax.jit(tx.update)(grads, state, params)
@@ -332,12 +342,20 @@ def test_differentiable_through_update():
 # --- errors -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('kwargs,name', [
-    (dict(b1=1.0), 'b1'), (dict(b1=-0.1), 'b1'), (dict(b2=1.5), 'b2'),
-    (dict(b2=float('nan')), 'b2'), (dict(eps=-1e-8), 'eps'),
-    (dict(eps_root=-1.0), 'eps_root'), (dict(sma_threshold=4.0), 'sma_threshold'),
-    (dict(b1=jnp.asarray(1.0)), 'b1'), (dict(mu_dtype=jnp.int32), 'mu_dtype'),
-])
+@pytest.mark.parametrize(
+  'kwargs,name',
+  [
+    (dict(b1=1.0), 'b1'),
+    (dict(b1=-0.1), 'b1'),
+    (dict(b2=1.5), 'b2'),
+    (dict(b2=float('nan')), 'b2'),
+    (dict(eps=-1e-8), 'eps'),
+    (dict(eps_root=-1.0), 'eps_root'),
+    (dict(sma_threshold=4.0), 'sma_threshold'),
+    (dict(b1=jnp.asarray(1.0)), 'b1'),
+    (dict(mu_dtype=jnp.int32), 'mu_dtype'),
+  ],
+)
 def test_invalid_hyperparameters_raise(kwargs, name):
   (value,) = kwargs.values()
   with pytest.raises(ValueError, match=name) as info:
@@ -350,6 +368,7 @@ def test_traced_hyperparameters_are_not_checked_at_construction():
   def f(b1):
     tx = scale_by_belief(b1=b1)
     return tx.update({'w': jnp.ones(2)}, tx.init({'w': jnp.ones(2)}))[0]['w']
+
   assert np.all(np.isfinite(f(0.9)))
 
 
