@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import chex
 import optax
 
 from adabelief_jax import _checks
-from adabelief_jax.transform import _scale_by_belief
+from adabelief_jax._hyperparams import DEFAULTS, BeliefHyperparams
+from adabelief_jax.transform import scale_by_belief_from
 
 WeightDecayMode = Literal['decoupled', 'fixed', 'l2']
-WEIGHT_DECAY_MODES = ('decoupled', 'fixed', 'l2')
+WEIGHT_DECAY_MODES: tuple[str, ...] = get_args(WeightDecayMode)
 
 
 def _negated(value: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
@@ -21,14 +22,19 @@ def _negated(value: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
   return -value
 
 
-def _chain(
+def chain_with_weight_decay(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
   weight_decay_mask: Any,
   weight_decay_mode: str,
   belief: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
-  """[l2 decay] -> belief -> [decoupled decay] -> -lr -> [fixed decay]."""
+  """``belief`` between weight decay in ``weight_decay_mode`` and the learning rate.
+
+  The chain is ``[l2 decay] -> belief -> [decoupled decay] ->
+  scale_by_learning_rate -> [fixed decay]``: the building block of
+  :func:`adabelief` and of :mod:`adabelief_jax.compat`.
+  """
   _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_nonnegative('weight_decay', weight_decay)
   if weight_decay_mode not in WEIGHT_DECAY_MODES:
@@ -51,21 +57,21 @@ def _chain(
 
 def adabelief(
   learning_rate: optax.ScalarOrSchedule,
-  b1: chex.Numeric = 0.9,
-  b2: chex.Numeric = 0.999,
-  eps: chex.Numeric = 1e-16,
-  eps_root: chex.Numeric = 1e-16,
+  b1: chex.Numeric = DEFAULTS.b1,
+  b2: chex.Numeric = DEFAULTS.b2,
+  eps: chex.Numeric = DEFAULTS.eps,
+  eps_root: chex.Numeric = DEFAULTS.eps_root,
   weight_decay: optax.ScalarOrSchedule = 0.0,
   weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
   *,
   weight_decay_mode: WeightDecayMode = 'decoupled',
-  amsgrad: bool = False,
-  rectify: bool = False,
-  sma_threshold: chex.Numeric = 5.0,
-  degenerate_to_sgd: bool = True,
-  nesterov: bool = False,
-  mu_dtype: Any = None,
-  nu_dtype: Any = None,
+  amsgrad: bool = DEFAULTS.amsgrad,
+  rectify: bool = DEFAULTS.rectify,
+  sma_threshold: chex.Numeric = DEFAULTS.sma_threshold,
+  degenerate_to_sgd: bool = DEFAULTS.degenerate_to_sgd,
+  nesterov: bool = DEFAULTS.nesterov,
+  mu_dtype: Any = DEFAULTS.mu_dtype,
+  nu_dtype: Any = DEFAULTS.nu_dtype,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The AdaBelief optimizer (Zhuang et al., 2020) with weight decay.
 
@@ -113,23 +119,7 @@ def adabelief(
     >>> updates, state = tx.update({'w': jnp.ones(3)}, state, params)
     >>> params = optax.apply_updates(params, updates)
   """
-  return _chain(
-    learning_rate,
-    weight_decay,
-    weight_decay_mask,
-    weight_decay_mode,
-    _scale_by_belief(
-      b1,
-      b2,
-      eps,
-      eps_root,
-      amsgrad=amsgrad,
-      rectify=rectify,
-      sma_threshold=sma_threshold,
-      degenerate_to_sgd=degenerate_to_sgd,
-      nesterov=nesterov,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      torch_rectified_eps=False,
-    ),
+  belief = scale_by_belief_from(BeliefHyperparams.from_arguments(locals()))
+  return chain_with_weight_decay(
+    learning_rate, weight_decay, weight_decay_mask, weight_decay_mode, belief
   )

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import optax
 
 from adabelief_jax import _checks
-from adabelief_jax.alias import _chain
-from adabelief_jax.transform import _scale_by_belief
+from adabelief_jax._hyperparams import BeliefHyperparams
+from adabelief_jax.alias import chain_with_weight_decay
+from adabelief_jax.transform import scale_by_belief_from
 
 
 def adabelief_pytorch(
@@ -61,26 +62,17 @@ def adabelief_pytorch(
     mode = 'fixed' if fixed_decay else 'decoupled'
   else:
     mode = 'l2'
-  return _chain(
-    lr,
-    weight_decay,
-    None,
-    mode,
-    _scale_by_belief(
-      b1,
-      b2,
-      eps,
-      eps,
-      amsgrad=amsgrad and not rectify,
-      rectify=rectify,
-      sma_threshold=5.0,
-      degenerate_to_sgd=degenerated_to_sgd,
-      nesterov=False,
-      mu_dtype=None,
-      nu_dtype=None,
-      torch_rectified_eps=True,
-    ),
+  belief = BeliefHyperparams(
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps,
+    amsgrad=amsgrad and not rectify,
+    rectify=rectify,
+    degenerate_to_sgd=degenerated_to_sgd,
+    torch_rectified_eps=True,
   )
+  return chain_with_weight_decay(lr, weight_decay, None, mode, scale_by_belief_from(belief))
 
 
 def _tf_learning_rate(
@@ -153,23 +145,19 @@ def adabelief_tf(
   _checks.check_decay('beta_2', beta_2)
   _checks.check_nonnegative('epsilon', epsilon)
   _checks.check_nonnegative('min_lr', min_lr)
-  return _chain(
+  belief = BeliefHyperparams(
+    b1=beta_1,
+    b2=beta_2,
+    eps=epsilon,
+    eps_root=epsilon,
+    amsgrad=amsgrad,
+    rectify=rectify,
+    sma_threshold=sma_threshold,
+  )
+  return chain_with_weight_decay(
     _tf_learning_rate(learning_rate, total_steps, warmup_proportion, min_lr),
     weight_decay,
     None,
     'decoupled',
-    _scale_by_belief(
-      beta_1,
-      beta_2,
-      epsilon,
-      epsilon,
-      amsgrad=amsgrad,
-      rectify=rectify,
-      sma_threshold=sma_threshold,
-      degenerate_to_sgd=True,
-      nesterov=False,
-      mu_dtype=None,
-      nu_dtype=None,
-      torch_rectified_eps=False,
-    ),
+    scale_by_belief_from(belief),
   )
