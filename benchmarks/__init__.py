@@ -9,4 +9,11 @@ benchmarks/<name>.py``) and exposes ``main(argv) -> dict`` for in-process use:
   bytes per parameter, and compile time against the number of leaves.
 * :mod:`benchmarks.scaling`: step time against parameter count and leaf count,
   with plots.
+* :mod:`benchmarks.mixed_precision`: what bf16 state costs in quality, and
+  whether 16-bit parameters stay finite.
+
+The private modules hold what the scripts share: ``_trees`` (parameter trees
+and the problem), ``_candidates`` (the optimizer steps compared), ``_timing``
+(interleaved timing), ``_report`` (tables, machine info, JSON) and ``_cli``
+(the flags, as argparse parents).
 """

@@ -32,8 +32,18 @@ if __package__ in (None, ''):
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
+import optax  # pylint: disable=g-import-not-at-top
 
-from benchmarks import _harness  # pylint: disable=g-import-not-at-top
+from benchmarks import _cli, _report  # pylint: disable=g-import-not-at-top
+from benchmarks._candidates import CANDIDATES, make_step  # pylint: disable=g-import-not-at-top
+from benchmarks._trees import (  # pylint: disable=g-import-not-at-top
+  PyTree,
+  abstract_tree,
+  equal_shapes,
+  nbytes,
+  parse_count,
+  tree_shapes,
+)
 
 DEFAULT_MODES = [
   'adabelief',
@@ -48,37 +58,20 @@ MB = 2**20
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog='python -m benchmarks.memory',
-    description=__doc__.split('\n\n')[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  parser.add_argument(
-    '--params', type=_harness.parse_count, default='42M', help='total parameter count (default 42M)'
-  )
-  parser.add_argument('--tree', choices=['transformer', 'equal'], default='transformer')
-  parser.add_argument(
-    '--leaves', type=int, default=100, help='leaves of the equal tree (default 100)'
-  )
-  parser.add_argument(
-    '--dtype',
-    choices=['float32', 'bfloat16'],
-    default='float32',
-    help='parameter and gradient dtype',
-  )
+  """The shared problem, --modes and --json flags, plus the state dtypes and compile sweep."""
+  parents = [
+    _cli.size_flags(),
+    _cli.tree_flags(),
+    _cli.modes_flags(DEFAULT_MODES, jax_only=True),
+    _cli.json_flag(),
+  ]
+  parser = _cli.make_parser('python -m benchmarks.memory', __doc__, parents)
   parser.add_argument(
     '--state-dtypes',
     nargs='+',
-    choices=['default', 'float32', 'bfloat16'],
+    choices=['default', *_cli.DTYPES],
     default=['float32', 'bfloat16'],
     help='state dtypes for the modes that take one (default: float32 bfloat16)',
-  )
-  parser.add_argument(
-    '--modes',
-    nargs='+',
-    default=None,
-    metavar='MODE',
-    help='JAX modes (default: ' + ' '.join(DEFAULT_MODES) + ')',
   )
   parser.add_argument(
     '--compile-leaves',
@@ -89,109 +82,93 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   parser.add_argument(
     '--compile-params',
-    type=_harness.parse_count,
+    type=parse_count,
     default='1M',
     help='total params of the compile-time trees (default 1M)',
   )
-  parser.add_argument(
-    '--compile-modes',
-    nargs='+',
-    default=None,
-    metavar='MODE',
-    help='modes of the compile-time sweep (default: ' + ' '.join(DEFAULT_COMPILE_MODES) + ')',
-  )
-  parser.add_argument('--json', default=None, metavar='OUT')
-  args = parser.parse_args(argv)
-  args.modes = _harness.parse_modes(args.modes, DEFAULT_MODES)
-  args.compile_modes = _harness.parse_modes(args.compile_modes, DEFAULT_COMPILE_MODES)
-  for mode in set(args.modes) | set(args.compile_modes):
-    if _harness.CANDIDATES[mode].make_tx is None:
-      parser.error(f'{mode} is not a JAX optimizer')
-  return args
+  _cli.add_modes(parser, '--compile-modes', DEFAULT_COMPILE_MODES, jax_only=True)
+  return parser.parse_args(argv)
 
 
-def _abstract(tree: Any) -> Any:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+def compile_step(
+  tx: optax.GradientTransformation, params_abs: PyTree
+) -> tuple[Any, PyTree, float, float]:
+  """(compiled step, abstract state, seconds to trace and lower, seconds to compile).
 
-
-def compile_step(tx, params_abs, state_abs, grads_abs):
-  """(compiled, seconds to trace and lower, seconds to compile)."""
+  Everything is abstract (``jax.ShapeDtypeStruct``): nothing of the
+  parameters' size is allocated, so a 42M tree compiles in little memory.
+  """
+  state_abs = jax.eval_shape(tx.init, params_abs)
   start = time.perf_counter()
-  lowered = _harness.make_step(tx).lower(params_abs, state_abs, grads_abs)
+  lowered = make_step(tx).lower(params_abs, state_abs, params_abs)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return compiled, lowered_at - start, time.perf_counter() - lowered_at
+  return compiled, state_abs, lowered_at - start, time.perf_counter() - lowered_at
+
+
+def memory_row(mode: str, state_dtype: str, params_abs: PyTree) -> dict[str, Any]:
+  """XLA's memory analysis of one donated step of ``mode`` with state in ``state_dtype``."""
+  tx = CANDIDATES[mode].make_tx(None if state_dtype == 'default' else jnp.dtype(state_dtype))
+  compiled, state_abs, lower_s, compile_s = compile_step(tx, params_abs)
+  ma = compiled.memory_analysis()
+  n = sum(x.size for x in jax.tree.leaves(params_abs))
+  param_bytes = nbytes(params_abs)
+  state_bytes = nbytes(state_abs)
+  donated = param_bytes + nbytes(state_abs, min_ndim=0)
+  return {
+    'mode': mode,
+    'label': CANDIDATES[mode].label,
+    'state_dtype': state_dtype,
+    'state_leaf_dtypes': sorted({str(x.dtype) for x in jax.tree.leaves(state_abs) if x.ndim}),
+    'params': n,
+    'param_bytes': param_bytes,
+    'state_bytes': state_bytes,
+    'state_bytes_per_param': state_bytes / n,
+    'argument_bytes': ma.argument_size_in_bytes,
+    'output_bytes': ma.output_size_in_bytes,
+    'alias_bytes': ma.alias_size_in_bytes,
+    'temp_bytes': ma.temp_size_in_bytes,
+    'temp_bytes_per_param': ma.temp_size_in_bytes / n,
+    'peak_bytes': getattr(ma, 'peak_memory_in_bytes', None),
+    'generated_code_bytes': ma.generated_code_size_in_bytes,
+    'donated_bytes': donated,
+    'aliased_fraction': ma.alias_size_in_bytes / donated,
+    # What the step needs beyond its (donated) inputs and the grads.
+    'extra_bytes': ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes,
+    'lower_s': lower_s,
+    'compile_s': compile_s,
+  }
 
 
 def memory_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-  shapes = _harness.tree_shapes(args.tree, args.params, args.leaves)
-  n = _harness.count_params(shapes)
-  dtype = jnp.dtype(args.dtype)
-  params_abs = _harness.abstract_tree(shapes, dtype)
-  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params_abs)
-  param_bytes = n * dtype.itemsize
+  """One :func:`memory_row` per mode and state dtype (the default alone where none applies)."""
+  params_abs = abstract_tree(tree_shapes(args.tree, args.params, args.leaves), args.dtype)
   rows = []
   for mode in args.modes:
-    candidate = _harness.CANDIDATES[mode]
-    state_dtypes = args.state_dtypes if candidate.state_dtype_applies else ['default']
-    for sd in state_dtypes:
-      tx = candidate.make_tx(None if sd == 'default' else jnp.dtype(sd))
-      state = tx.init(params)  # The real state, for its real dtypes.
-      state_bytes = _harness.nbytes(state)
-      state_abs = _abstract(state)
-      state_dtypes_seen = sorted({str(x.dtype) for x in jax.tree.leaves(state) if x.ndim})
-      del state
-      compiled, lower_s, compile_s = compile_step(tx, params_abs, state_abs, params_abs)
-      ma = compiled.memory_analysis()
-      donated = param_bytes + _harness.nbytes(state_abs, min_ndim=0)
-      row = {
-        'mode': mode,
-        'label': candidate.label,
-        'state_dtype': sd,
-        'state_leaf_dtypes': state_dtypes_seen,
-        'params': n,
-        'param_bytes': param_bytes,
-        'state_bytes': state_bytes,
-        'state_bytes_per_param': state_bytes / n,
-        'argument_bytes': ma.argument_size_in_bytes,
-        'output_bytes': ma.output_size_in_bytes,
-        'alias_bytes': ma.alias_size_in_bytes,
-        'temp_bytes': ma.temp_size_in_bytes,
-        'temp_bytes_per_param': ma.temp_size_in_bytes / n,
-        'peak_bytes': getattr(ma, 'peak_memory_in_bytes', None),
-        'generated_code_bytes': ma.generated_code_size_in_bytes,
-        'donated_bytes': donated,
-        'aliased_fraction': ma.alias_size_in_bytes / donated,
-        # What the step needs beyond its (donated) inputs and the grads.
-        'extra_bytes': (ma.output_size_in_bytes - ma.alias_size_in_bytes + ma.temp_size_in_bytes),
-        'lower_s': lower_s,
-        'compile_s': compile_s,
-      }
+    applies = CANDIDATES[mode].state_dtype_applies
+    for state_dtype in args.state_dtypes if applies else ['default']:
+      row = memory_row(mode, state_dtype, params_abs)
       rows.append(row)
       print(
-        f'  {mode} [{sd}]: {row["state_bytes_per_param"]:g} B/param '
-        f'state, temp {ma.temp_size_in_bytes / MB:.2f} MB, compiled in '
-        f'{compile_s:.2f} s'
+        f'  {mode} [{state_dtype}]: {row["state_bytes_per_param"]:g} B/param state, '
+        f'temp {row["temp_bytes"] / MB:.2f} MB, compiled in {row["compile_s"]:.2f} s'
       )
-      del compiled
       gc.collect()
   return rows
 
 
 def compile_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """Trace+lower and compile seconds of each compile mode at each leaf count."""
   rows = []
   for leaves in args.compile_leaves:
-    shapes = _harness.equal_shapes(args.compile_params, leaves)
-    params_abs = _harness.abstract_tree(shapes, args.dtype)
+    params_abs = abstract_tree(equal_shapes(args.compile_params, leaves), args.dtype)
     for mode in args.compile_modes:
-      tx = _harness.CANDIDATES[mode].make_tx(None)
-      state_abs = jax.eval_shape(tx.init, params_abs)
-      _, lower_s, compile_s = compile_step(tx, params_abs, state_abs, params_abs)
+      _, _, lower_s, compile_s = compile_step(CANDIDATES[mode].make_tx(None), params_abs)
       total = lower_s + compile_s
       rows.append(
         {
           'mode': mode,
-          'label': _harness.CANDIDATES[mode].label,
+          'label': CANDIDATES[mode].label,
           'leaves': leaves,
           'lower_s': lower_s,
           'compile_s': compile_s,
@@ -223,66 +200,45 @@ def linear_fits(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
   return fits
 
 
-MEMORY_HEADERS = [
-  'mode',
-  'state dtype',
-  'state B/param',
-  'args MB',
-  'outputs MB',
-  'alias MB',
-  'temp MB',
-  'temp B/param',
-  'aliased %',
-  'compile s',
-]
-COMPILE_HEADERS = ['mode', 'leaves', 'trace+lower s', 'compile s', 'total s', 'ms/leaf']
+MEMORY_COLUMNS: dict[str, _report.Column] = {
+  'mode': 'label',
+  'state dtype': 'state_dtype',
+  'state B/param': 'state_bytes_per_param',
+  'args MB': lambda r: r['argument_bytes'] / MB,
+  'outputs MB': lambda r: r['output_bytes'] / MB,
+  'alias MB': lambda r: r['alias_bytes'] / MB,
+  'temp MB': lambda r: r['temp_bytes'] / MB,
+  'temp B/param': 'temp_bytes_per_param',
+  'aliased %': lambda r: 100 * r['aliased_fraction'],
+  'compile s': 'compile_s',
+}
+COMPILE_COLUMNS: dict[str, _report.Column] = {
+  'mode': 'label',
+  'leaves': 'leaves',
+  'trace+lower s': 'lower_s',
+  'compile s': 'compile_s',
+  'total s': 'total_s',
+  'ms/leaf': 'ms_per_leaf',
+}
 
 
 def tables(result: dict[str, Any]) -> str:
-  parts = [
-    _harness.markdown_table(
-      MEMORY_HEADERS,
-      [
-        [
-          r['label'],
-          r['state_dtype'],
-          r['state_bytes_per_param'],
-          r['argument_bytes'] / MB,
-          r['output_bytes'] / MB,
-          r['alias_bytes'] / MB,
-          r['temp_bytes'] / MB,
-          r['temp_bytes_per_param'],
-          100 * r['aliased_fraction'],
-          r['compile_s'],
-        ]
-        for r in result['memory']
-      ],
-    )
-  ]
+  """The memory table, then the compile-time table and its linear fits if the sweep ran."""
+  parts = [_report.rows_table(result['memory'], MEMORY_COLUMNS)]
   if result['compile']:
-    parts.append(
-      _harness.markdown_table(
-        COMPILE_HEADERS,
-        [
-          [r['label'], r['leaves'], r['lower_s'], r['compile_s'], r['total_s'], r['ms_per_leaf']]
-          for r in result['compile']
-        ],
-      )
-    )
-  fits = result['compile_fits']
+    parts.append(_report.rows_table(result['compile'], COMPILE_COLUMNS))
+  fits = [
+    f'Linear fit, {CANDIDATES[m].label}: total ≈ {f["intercept_s"]:.2f} s + '
+    f'{f["ms_per_leaf"]:.2f} ms × leaves (R² = {f["r2"]:.3f})'
+    for m, f in result['compile_fits'].items()
+  ]
   if fits:
-    parts.append(
-      '\n'.join(
-        f'Linear fit, {_harness.CANDIDATES[m].label}: total ≈ '
-        f'{f["intercept_s"]:.2f} s + {f["ms_per_leaf"]:.2f} ms × leaves '
-        f'(R² = {f["r2"]:.3f})'
-        for m, f in fits.items()
-      )
-    )
+    parts.append('\n'.join(fits))
   return '\n\n'.join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Runs both parts; prints the tables and returns (and writes) every number."""
   args = parse_args(argv)
   print(
     f'# memory: {args.params:,} requested {args.dtype} params '
@@ -290,34 +246,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     f'of a {args.compile_params:,}-param tree'
   )
   memory = memory_rows(args)
-  compile_ = compile_rows(args) if args.compile_leaves else []
+  compile_ = compile_rows(args)
   result = {
     'benchmark': 'memory',
     'config': {
-      'params': memory[0]['params'] if memory else None,
       'requested_params': args.params,
-      'tree': args.tree,
-      'leaves': args.leaves,
-      'dtype': args.dtype,
-      'state_dtypes': args.state_dtypes,
-      'modes': args.modes,
-      'compile_leaves': args.compile_leaves,
-      'compile_params': args.compile_params,
-      'compile_modes': args.compile_modes,
+      **vars(args),
+      'params': memory[0]['params'] if memory else None,
     },
-    'machine': _harness.machine_info(),
+    'machine': _report.machine_info(),
     'memory': memory,
     'compile': compile_,
     'compile_fits': linear_fits(compile_),
   }
   result['table'] = tables(result)
-  print()
-  print(result['table'])
-  print()
-  print(f'Machine: {_harness.machine_line(result["machine"])}.')
-  if args.json:
-    _harness.write_json(args.json, result)
-    print(f'Wrote {args.json}')
+  _report.emit(result, args.json)
   return result
 
 

@@ -16,7 +16,6 @@ B. Safety of 16-bit parameters: a least-squares fit whose gradients shrink as it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ if __package__ in (None, ''):  # Run as a file: make `import adabelief_jax` work
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import adabelief_jax  # pylint: disable=wrong-import-position
+from benchmarks import _cli, _report  # pylint: disable=wrong-import-position
 
 STATE_VARIANTS = {
   'float32 m, s': dict(),
@@ -176,6 +176,7 @@ def safety_run(
 
 
 def safety(steps: int) -> list[dict[str, Any]]:
+  """Part B: every (gradient scale, parameter dtype, state dtype) of :func:`safety_run`."""
   return [
     safety_run(p, s, steps, scale)
     for scale in (1.0, 0.03)
@@ -184,38 +185,43 @@ def safety(steps: int) -> list[dict[str, Any]]:
   ]
 
 
-def markdown(rows: Sequence[dict[str, Any]]) -> str:
-  def cell(v: Any) -> str:
-    return f'{v:.4g}' if isinstance(v, float) else str(v)
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  """The shared --out flag, plus the sizes of parts A and B."""
+  parents = [_cli.out_flag('results/mixed_precision')]
+  parser = _cli.make_parser('python -m benchmarks.mixed_precision', __doc__, parents)
+  parser.add_argument('--seeds', type=int, default=3, help='seeds of part A (default 3)')
+  parser.add_argument('--epochs', type=int, default=30, help='epochs of part A (default 30)')
+  parser.add_argument('--steps', type=int, default=5000, help='steps of part B (default 5000)')
+  return parser.parse_args(argv)
 
-  keys = list(rows[0])
-  lines = ['| ' + ' | '.join(keys) + ' |', '|' + ' --- |' * len(keys)]
-  lines += ['| ' + ' | '.join(cell(r[k]) for k in keys) + ' |' for r in rows]
-  return '\n'.join(lines)
+
+def report(args: argparse.Namespace, results: dict[str, Any], seconds: float) -> str:
+  """results.md: both parts' tables, then what they ran on and how long it took."""
+  dict_table = lambda rows: _report.rows_table(rows, {key: key for key in rows[0]})
+  return (
+    f'## A. bf16 optimizer state: digits MLP, {args.epochs} epochs, {args.seeds} seeds, '
+    f'adabelief(1e-3)\n\n{dict_table(results["quality"])}\n\n'
+    f'## B. 16-bit parameters: least squares, {args.steps} steps, adabelief(1e-2), '
+    f'eps = eps_root = 1e-16\n\n{dict_table(results["safety"])}\n\n'
+    f'{_report.machine_line(results["machine"])}, {seconds:.0f} s\n'
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--seeds', type=int, default=3)
-  parser.add_argument('--epochs', type=int, default=30)
-  parser.add_argument('--steps', type=int, default=5000)
-  parser.add_argument('--out', default='results/mixed_precision')
-  args = parser.parse_args(argv)
+  """Runs parts A and B; prints the tables and writes results.md and results.json under --out."""
+  args = parse_args(argv)
   start = time.perf_counter()
-  results = {'quality': quality(args.seeds, args.epochs), 'safety': safety(args.steps)}
-  text = (
-    f'## A. bf16 optimizer state: digits MLP, {args.epochs} epochs, {args.seeds} seeds, '
-    f'adabelief(1e-3)\n\n{markdown(results["quality"])}\n\n'
-    f'## B. 16-bit parameters: least squares, {args.steps} steps, adabelief(1e-2), '
-    f'eps = eps_root = 1e-16\n\n{markdown(results["safety"])}\n\n'
-    f'jax {jax.__version__}, {os.cpu_count()} CPUs, {time.perf_counter() - start:.0f} s\n'
-  )
+  results = {
+    'quality': quality(args.seeds, args.epochs),
+    'safety': safety(args.steps),
+    'machine': _report.machine_info(),
+  }
+  text = report(args, results, time.perf_counter() - start)
   print(text)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'results.md'), 'w') as f:
     f.write(text)
-  with open(os.path.join(args.out, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1)
+  _report.write_json(os.path.join(args.out, 'results.json'), results)
   return results
 
 

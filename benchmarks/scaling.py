@@ -29,115 +29,76 @@ from typing import Any
 if __package__ in (None, ''):
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks import _harness  # pylint: disable=g-import-not-at-top
+from benchmarks import _cli, _report, _timing  # pylint: disable=g-import-not-at-top
+from benchmarks._candidates import CANDIDATES  # pylint: disable=g-import-not-at-top
+from benchmarks._trees import (  # pylint: disable=g-import-not-at-top
+  Shapes,
+  count_params,
+  equal_shapes,
+  make_problem,
+  parse_count,
+  parse_counts,
+  tree_shapes,
+)
 
 DEFAULT_MODES = ['adabelief', 'optax_adam', 'optax_adabelief']
 
+COLUMNS: dict[str, _report.Column] = {
+  'candidate': 'label',
+  'params': 'params',
+  'leaves': 'leaves',
+  'median ms/step': 'median_ms',
+  'min ms': 'min_ms',
+  'ns/param': lambda r: r['median_ms'] * 1e6 / r['params'],
+  'effective GB/s': 'effective_gb_per_s',
+  'vs optax.adam': 'vs_optax_adam',
+}
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog='python -m benchmarks.scaling',
-    description=__doc__.split('\n\n')[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  """The shared tree, timing, --modes and --out flags, plus the two sweeps' points."""
+  parents = [
+    _cli.tree_flags(),
+    _cli.timing_flags(),
+    _cli.modes_flags(DEFAULT_MODES),
+    _cli.out_flag('results/scaling'),
+  ]
+  parser = _cli.make_parser('python -m benchmarks.scaling', __doc__, parents)
   parser.add_argument(
     '--params-list',
-    type=_harness.parse_counts,
+    type=parse_counts,
     default='1M,3M,10M,30M,100M',
     help='comma-separated totals of the parameter sweep (default 1M,3M,10M,30M,100M; empty: skip)',
   )
   parser.add_argument(
-    '--tree',
-    choices=['transformer', 'equal'],
-    default='transformer',
-    help='tree of the parameter sweep (default transformer)',
-  )
-  parser.add_argument(
-    '--leaves', type=int, default=100, help='leaves of the equal tree in the parameter sweep'
-  )
-  parser.add_argument(
     '--leaves-list',
-    type=_harness.parse_counts,
+    type=parse_counts,
     default='10,30,100,300,1000,3000,5000',
     help='comma-separated leaf counts of the leaf sweep '
-    '(default 10,30,100,300,1000,3000,5000; empty: '
-    'skip)',
+    '(default 10,30,100,300,1000,3000,5000; empty: skip)',
   )
   parser.add_argument(
     '--leaves-params',
-    type=_harness.parse_count,
+    type=parse_count,
     default='10M',
     help='fixed total params of the leaf sweep (default 10M)',
   )
-  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
-  parser.add_argument('--state-dtype', choices=['float32', 'bfloat16'], default=None)
-  parser.add_argument('--rounds', type=int, default=10)
-  parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument(
-    '--modes',
-    nargs='+',
-    default=None,
-    metavar='MODE',
-    help='candidates (default: ' + ' '.join(DEFAULT_MODES) + '); any step_time mode works',
-  )
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument(
-    '--out', default='results/scaling', help='output folder (default results/scaling)'
-  )
   parser.add_argument('--no-plot', action='store_true', help='skip the PNGs (no matplotlib needed)')
-  args = parser.parse_args(argv)
-  args.modes = _harness.parse_modes(args.modes, DEFAULT_MODES)
-  if args.rounds < 1:
-    parser.error('--rounds must be >= 1')
-  return args
+  return parser.parse_args(argv)
 
 
-def run_point(args, shapes, sweep: str, x: int) -> list[dict[str, Any]]:
-  problem = _harness.make_problem(shapes, args.dtype, args.state_dtype, args.seed)
+def run_point(args: argparse.Namespace, shapes: Shapes, sweep: str, x: int) -> list[dict[str, Any]]:
+  """The rows of one point of a sweep, tagged with the sweep, x, params and leaves."""
+  problem = make_problem(shapes, args.dtype, args.state_dtype, args.seed)
   print(f'# {sweep} sweep: {problem.n_params:,} params in {problem.n_leaves} leaves')
-  runners, skipped = _harness.build_runners(args.modes, problem)
-  samples = _harness.time_interleaved(runners, args.rounds, args.warmup)
-  rows = _harness.summarize(runners, samples, problem.n_params)
-  _harness.close_all(runners)
+  rows, _ = _timing.measure(problem, args.modes, args.rounds, args.warmup, args.torch_threads)
   for row in rows:
     row.update(sweep=sweep, x=x, params=problem.n_params, leaves=problem.n_leaves)
-  for name, reason in skipped.items():
-    print(f'  skipped {name}: {reason}')
   return rows
 
 
-HEADERS = [
-  'candidate',
-  'params',
-  'leaves',
-  'median ms/step',
-  'min ms',
-  'ns/param',
-  'effective GB/s',
-  'vs optax.adam',
-]
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-  return _harness.markdown_table(
-    HEADERS,
-    [
-      [
-        r['label'],
-        r['params'],
-        r['leaves'],
-        r['median_ms'],
-        r['min_ms'],
-        r['median_ms'] * 1e6 / r['params'],
-        r['effective_gb_per_s'],
-        r['vs_optax_adam'],
-      ]
-      for r in rows
-    ],
-  )
-
-
 def plot(rows: list[dict[str, Any]], sweep: str, path: str) -> None:
+  """Median ms/step, and GB/s (params sweep) or ns/param (leaves sweep), against x, per mode."""
   # The object API renders with Agg and never touches pyplot's global state.
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
@@ -150,7 +111,7 @@ def plot(rows: list[dict[str, Any]], sweep: str, path: str) -> None:
   for mode in dict.fromkeys(r['mode'] for r in rows):
     points = sorted((r for r in rows if r['mode'] == mode), key=lambda r: r['x'])
     xs = [r['x'] for r in points]
-    label = _harness.CANDIDATES[mode].label
+    label = CANDIDATES[mode].label
     left.plot(xs, [r['median_ms'] for r in points], 'o-', label=label)
     if sweep == 'params':
       right.plot(xs, [r['effective_gb_per_s'] for r in points], 'o-', label=label)
@@ -174,51 +135,57 @@ def plot(rows: list[dict[str, Any]], sweep: str, path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  args = parse_args(argv)
-  rows = []
-  for n in args.params_list:
-    shapes = _harness.tree_shapes(args.tree, n, min(args.leaves, n))
-    rows += run_point(args, shapes, 'params', _harness.count_params(shapes))
-  for leaves in args.leaves_list:
-    shapes = _harness.equal_shapes(args.leaves_params, leaves)
-    rows += run_point(args, shapes, 'leaves', leaves)
-  os.makedirs(args.out, exist_ok=True)
-  by_sweep = {s: [r for r in rows if r['sweep'] == s] for s in ('params', 'leaves')}
-  files = {}
-  info = _harness.machine_info()
+def markdown(
+  args: argparse.Namespace, rows: list[dict[str, Any]], info: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
+  """scaling.md's text, and the plots it links (written here unless --no-plot), by sweep."""
   md = [
-    f'# Step-time scaling\n\nMachine: {_harness.machine_line(info)}; '
+    f'# Step-time scaling\n\nMachine: {_report.machine_line(info)}; '
     f'{args.dtype} params, state dtype {args.state_dtype or "default"}, '
     f'median of {args.rounds} interleaved rounds.'
   ]
-  for sweep, sweep_rows in by_sweep.items():
+  titles = {
+    'params': f'Parameter count ({args.tree} tree)',
+    'leaves': f'Leaf count ({args.leaves_params:,} params)',
+  }
+  pngs = {}
+  for sweep, title in titles.items():
+    sweep_rows = [r for r in rows if r['sweep'] == sweep]
     if not sweep_rows:
       continue
-    title = {
-      'params': f'Parameter count ({args.tree} tree)',
-      'leaves': f'Leaf count ({args.leaves_params:,} params)',
-    }[sweep]
-    md.append(f'## {title}\n\n{table(sweep_rows)}')
+    md.append(f'## {title}\n\n{_report.rows_table(sweep_rows, COLUMNS)}')
     if not args.no_plot:
-      path = os.path.join(args.out, f'scaling_{sweep}.png')
-      plot(sweep_rows, sweep, path)
-      files[f'{sweep}_png'] = path
+      pngs[f'{sweep}_png'] = os.path.join(args.out, f'scaling_{sweep}.png')
+      plot(sweep_rows, sweep, pngs[f'{sweep}_png'])
       md.append(f'![{title}](scaling_{sweep}.png)')
-  text = '\n\n'.join(md) + '\n'
+  return '\n\n'.join(md) + '\n', pngs
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Runs both sweeps; writes scaling.md, scaling.json and the plots under --out."""
+  args = parse_args(argv)
+  rows = []
+  for n in args.params_list:
+    shapes = tree_shapes(args.tree, n, min(args.leaves, n))
+    rows += run_point(args, shapes, 'params', count_params(shapes))
+  for leaves in args.leaves_list:
+    rows += run_point(args, equal_shapes(args.leaves_params, leaves), 'leaves', leaves)
+  os.makedirs(args.out, exist_ok=True)
+  info = _report.machine_info()
+  text, files = markdown(args, rows, info)
   files['markdown'] = os.path.join(args.out, 'scaling.md')
+  files['json'] = os.path.join(args.out, 'scaling.json')
   with open(files['markdown'], 'w') as f:
     f.write(text)
-  files['json'] = os.path.join(args.out, 'scaling.json')
   result = {
     'benchmark': 'scaling',
-    'config': {k: v for k, v in vars(args).items()},
+    'config': vars(args),
     'machine': info,
     'results': rows,
     'files': files,
     'table': text,
   }
-  _harness.write_json(files['json'], result)
+  _report.write_json(files['json'], result)
   print()
   print(text)
   print('Wrote ' + ', '.join(files.values()))

@@ -28,7 +28,6 @@ threads): pass ``--torch-threads 1`` there, and say so with the numbers.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -37,157 +36,60 @@ from typing import Any
 if __package__ in (None, ''):
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks import _harness  # pylint: disable=g-import-not-at-top
+from benchmarks import _cli, _report, _timing  # pylint: disable=g-import-not-at-top
+from benchmarks._candidates import CANDIDATES, LR, WEIGHT_DECAY  # pylint: disable=g-import-not-at-top
+from benchmarks._trees import make_problem, tree_shapes  # pylint: disable=g-import-not-at-top
 
-DEFAULT_MODES = list(_harness.CANDIDATES)
+DEFAULT_MODES = list(CANDIDATES)
+
+COLUMNS: dict[str, _report.Column] = {
+  'candidate': 'label',
+  'median ms/step': 'median_ms',
+  'min ms': 'min_ms',
+  'params/s': 'params_per_s',
+  'bytes/param': 'bytes_per_param',
+  'effective GB/s': 'effective_gb_per_s',
+  'vs optax.adam': 'vs_optax_adam',
+  'vs floor': 'vs_floor',
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog='python -m benchmarks.step_time',
-    description=__doc__.split('\n\n')[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-    epilog='modes: ' + ', '.join(f'{c.name} ({c.label})' for c in _harness.CANDIDATES.values()),
-  )
-  parser.add_argument(
-    '--params',
-    type=_harness.parse_count,
-    default='42M',
-    help='total parameter count, e.g. 42M, 1e6, 50k (default 42M)',
-  )
-  parser.add_argument(
-    '--tree',
-    choices=['transformer', 'equal'],
-    default='transformer',
-    help='transformer: 12 layers of width ~512 plus an '
-    'embedding, scaled to --params; equal: --leaves '
-    'equal 1-D leaves (default transformer)',
-  )
-  parser.add_argument(
-    '--leaves', type=int, default=100, help='number of leaves of the equal tree (default 100)'
-  )
-  parser.add_argument(
-    '--dtype',
-    choices=['float32', 'bfloat16'],
-    default='float32',
-    help='parameter and gradient dtype',
-  )
-  parser.add_argument(
-    '--state-dtype',
-    choices=['float32', 'bfloat16'],
-    default=None,
-    help='m and s dtype of the modes it applies to '
-    '(adabelief_jax modes, optax adam/adamw mu, floor); '
-    "default: each optimizer's own",
-  )
-  parser.add_argument(
-    '--rounds', type=int, default=10, help='timed rounds; the median is reported (default 10)'
-  )
-  parser.add_argument(
-    '--warmup', type=int, default=2, help='untimed rounds after compiling (default 2)'
-  )
-  parser.add_argument(
-    '--modes',
-    nargs='+',
-    default=None,
-    metavar='MODE',
-    help='candidates to run (space or comma separated; default: all)',
-  )
-  parser.add_argument(
-    '--torch-threads',
-    type=int,
-    default=None,
-    help='torch intra-op threads (default: os.cpu_count(); use 1 on a shared, loaded machine)',
-  )
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument(
-    '--json', default=None, metavar='OUT', help='write every number and the machine info here'
-  )
-  args = parser.parse_args(argv)
-  args.modes = _harness.parse_modes(args.modes, DEFAULT_MODES)
-  if args.rounds < 1:
-    parser.error('--rounds must be >= 1')
-  return args
-
-
-HEADERS = [
-  'candidate',
-  'median ms/step',
-  'min ms',
-  'params/s',
-  'bytes/param',
-  'effective GB/s',
-  'vs optax.adam',
-  'vs floor',
-]
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-  return _harness.markdown_table(
-    HEADERS,
-    [
-      [
-        r['label'],
-        r['median_ms'],
-        r['min_ms'],
-        r['params_per_s'],
-        r['bytes_per_param'],
-        r['effective_gb_per_s'],
-        r['vs_optax_adam'],
-        r['vs_floor'],
-      ]
-      for r in rows
-    ],
-  )
+  """The flags: problem (size, tree, dtype), timing, modes and --json, all shared."""
+  parents = [
+    _cli.size_flags(),
+    _cli.tree_flags(),
+    _cli.timing_flags(),
+    _cli.modes_flags(DEFAULT_MODES),
+    _cli.json_flag(),
+  ]
+  epilog = 'modes:\n' + '\n'.join(f'  {c.name:24} {c.label}' for c in CANDIDATES.values())
+  parser = _cli.make_parser('python -m benchmarks.step_time', __doc__, parents, epilog)
+  return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Times the modes on one problem; prints the table and returns (and writes) every number."""
   args = parse_args(argv)
-  shapes = _harness.tree_shapes(args.tree, args.params, args.leaves)
-  problem = _harness.make_problem(shapes, args.dtype, args.state_dtype, args.seed)
+  problem = make_problem(
+    tree_shapes(args.tree, args.params, args.leaves), args.dtype, args.state_dtype, args.seed
+  )
   print(
     f'# step_time: {problem.n_params:,} {args.dtype} params in '
     f'{problem.n_leaves} leaves ({args.tree} tree), state dtype '
     f'{args.state_dtype or "default"}, {args.rounds} rounds'
   )
-  if any(_harness.CANDIDATES[m].family == 'torch' for m in args.modes):
-    _harness.import_torch(args.torch_threads or os.cpu_count() or 1)
-  runners, skipped = _harness.build_runners(args.modes, problem)
-  samples = _harness.time_interleaved(runners, args.rounds, args.warmup)
-  rows = _harness.summarize(runners, samples, problem.n_params)
-  _harness.close_all(runners)
-  info = _harness.machine_info()
-  print()
-  print(table(rows))
-  print()
-  print(f'Machine: {_harness.machine_line(info)}.')
-  for name, reason in skipped.items():
-    print(f'Skipped {name}: {reason}')
+  rows, skipped = _timing.measure(problem, args.modes, args.rounds, args.warmup, args.torch_threads)
+  config = {'requested_params': args.params, **vars(args), 'params': problem.n_params}
   result = {
     'benchmark': 'step_time',
-    'config': {
-      'params': problem.n_params,
-      'requested_params': args.params,
-      'leaves': problem.n_leaves,
-      'tree': args.tree,
-      'dtype': args.dtype,
-      'state_dtype': args.state_dtype,
-      'rounds': args.rounds,
-      'warmup': args.warmup,
-      'modes': args.modes,
-      'seed': args.seed,
-      'torch_threads': args.torch_threads,
-      'lr': _harness.LR,
-      'weight_decay': _harness.WEIGHT_DECAY,
-    },
-    'machine': info,
+    'config': {**config, 'leaves': problem.n_leaves, 'lr': LR, 'weight_decay': WEIGHT_DECAY},
+    'machine': _report.machine_info(),
     'results': rows,
     'skipped': skipped,
-    'table': table(rows),
+    'table': _report.rows_table(rows, COLUMNS),
   }
-  if args.json:
-    _harness.write_json(args.json, result)
-    print(f'Wrote {args.json}')
+  _report.emit(result, args.json)
   return result
 
 

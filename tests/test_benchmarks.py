@@ -15,21 +15,32 @@ import sys
 
 import pytest
 
-from benchmarks import _harness, memory, scaling, step_time
+from benchmarks import _candidates, _trees, memory, scaling, step_time
 from tests.helpers import json_numbers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# A 50k-parameter tree of 3 equal leaves: every number is real, every step fast.
+SMALL = ['--params', '50k', '--tree', 'equal', '--leaves', '3']
+
+
+def _cells(line: str) -> list[str]:
+  return [c.strip() for c in line.strip().strip('|').split('|')]
 
 
 def _table_cells(text: str, headers: str) -> list[list[str]]:
-  """The body cells of the Markdown table whose header row starts so."""
+  """The body cells of the Markdown table whose first header cells are ``headers`` ('a | b')."""
   lines = text.splitlines()
-  start = next(i for i, line in enumerate(lines) if line.startswith(f'| {headers} |'))
+  first = _cells(headers)
+  start = next(
+    i
+    for i, line in enumerate(lines)
+    if line.startswith('|') and _cells(line)[: len(first)] == first
+  )
   rows = []
   for line in lines[start + 2 :]:
     if not line.startswith('|'):
       break
-    rows.append([c.strip() for c in line.strip('|').split('|')])
+    rows.append(_cells(line))
   assert rows, f'empty table under {headers!r}'
   return rows
 
@@ -49,59 +60,43 @@ def _assert_positive(row: dict, keys) -> None:
 
 
 def test_transformer_tree_is_the_42m_reference():
-  shapes = _harness.transformer_shapes(42_000_000)
-  leaves = _harness.shape_leaves(shapes)
+  shapes = _trees.transformer_shapes(42_000_000)
+  leaves = _trees.shape_leaves(shapes)
   assert shapes['embed'] == (8192, 512)
   assert shapes['layers']['00']['attn']['qkv'] == (512, 1536)
   assert shapes['layers']['00']['mlp']['w1'] == (512, 2048)
   assert len(leaves) == 1 + 12 * 8
-  assert _harness.count_params(shapes) == 41_967_616
+  assert _trees.count_params(shapes) == 41_967_616
 
 
 @pytest.mark.parametrize('n', [50_000, 1_000_000, 100_000_000])
 def test_trees_hit_the_requested_size(n):
-  got = _harness.count_params(_harness.transformer_shapes(n))
+  got = _trees.count_params(_trees.transformer_shapes(n))
   assert abs(got - n) / n < 0.1  # The width is an integer.
-  equal = _harness.equal_shapes(n, 7)
-  assert _harness.count_params(equal) == n and len(equal) == 7
+  equal = _trees.equal_shapes(n, 7)
+  assert _trees.count_params(equal) == n and len(equal) == 7
 
 
 def test_parse_count():
-  assert _harness.parse_count('42M') == 42_000_000
-  assert _harness.parse_count('50k') == 50_000
-  assert _harness.parse_count('1e6') == 1_000_000
-  assert _harness.parse_counts('1M,3M') == [1_000_000, 3_000_000]
+  assert _trees.parse_count('42M') == 42_000_000
+  assert _trees.parse_count('50k') == 50_000
+  assert _trees.parse_count('1e6') == 1_000_000
+  assert _trees.parse_counts('1M,3M') == [1_000_000, 3_000_000]
   with pytest.raises(ValueError):
-    _harness.parse_count('lots')
+    _trees.parse_count('lots')
 
 
 def test_step_time(tmp_path, capsys):
   out = tmp_path / 'step.json'
-  result = step_time.main(
-    [
-      '--params',
-      '50k',
-      '--tree',
-      'equal',
-      '--leaves',
-      '3',
-      '--rounds',
-      '2',
-      '--warmup',
-      '1',
-      '--torch-threads',
-      '1',
-      '--json',
-      str(out),
-    ]
-  )
+  argv = '--rounds 2 --warmup 1 --torch-threads 1'
+  result = step_time.main([*SMALL, *argv.split(), '--json', str(out)])
   printed = capsys.readouterr().out
   data = json.loads(out.read_text())
   assert data['config']['params'] == 50_000
   assert data['machine']['nproc'] >= 1 and data['machine']['jax']
   ran = {row['mode'] for row in data['results']}
-  expected = set(_harness.CANDIDATES)
-  if _harness.import_torch() is None:
+  expected = set(_candidates.CANDIDATES)
+  if _candidates.import_torch() is None:
     expected = {m for m in expected if not m.startswith('torch')}
   assert ran | set(data['skipped']) == expected
   assert {'adabelief', 'optax_adam', 'floor'} <= ran
@@ -132,30 +127,49 @@ def test_step_time(tmp_path, capsys):
   assert result['results'] == data['results']
 
 
+class _Crash(Exception):
+  """What the deliberately broken candidates raise."""
+
+
+def _crash(*_) -> None:
+  raise _Crash('deliberate')
+
+
+class _CrashingStep:
+  """A runner that sets up but fails its first timed step."""
+
+  state_bytes = bytes_per_step = 1
+  step = staticmethod(_crash)
+
+
+def _register(monkeypatch, family: str, build) -> None:
+  candidate = _candidates.Candidate('crash', 'a broken candidate', family, build)
+  monkeypatch.setitem(_candidates.CANDIDATES, 'crash', candidate)
+
+
+@pytest.mark.parametrize('family', ['adabelief_jax', 'optax', 'floor'])
+@pytest.mark.parametrize('build', [_crash, lambda _: _CrashingStep()], ids=['setup', 'step'])
+def test_step_time_fails_when_a_jax_candidate_crashes(monkeypatch, family, build):
+  _register(monkeypatch, family, build)
+  with pytest.raises(_Crash, match='deliberate'):
+    step_time.main([*SMALL, '--rounds', '1', '--modes', 'adabelief', 'crash', 'optax_adam'])
+
+
+def test_step_time_skips_a_crashing_torch_candidate_and_says_why(monkeypatch, capsys):
+  _register(monkeypatch, 'torch', _crash)
+  result = step_time.main([*SMALL, '--rounds', '1', '--modes', 'adabelief', 'crash'])
+  assert result['skipped'] == {'crash': '_Crash: deliberate'}
+  assert [row['mode'] for row in result['results']] == ['adabelief']
+  assert 'Skipped crash: _Crash: deliberate' in capsys.readouterr().out
+
+
 def test_memory(tmp_path, capsys):
   out = tmp_path / 'memory.json'
-  memory.main(
-    [
-      '--params',
-      '50k',
-      '--tree',
-      'equal',
-      '--leaves',
-      '3',
-      '--modes',
-      'adabelief_amsgrad',
-      'optax_adabelief',
-      '--compile-leaves',
-      '2',
-      '4',
-      '--compile-params',
-      '1000',
-      '--compile-modes',
-      'adabelief',
-      '--json',
-      str(out),
-    ]
+  argv = (
+    '--modes adabelief_amsgrad optax_adabelief '
+    '--compile-leaves 2 4 --compile-params 1000 --compile-modes adabelief'
   )
+  memory.main([*SMALL, *argv.split(), '--json', str(out)])
   printed = capsys.readouterr().out
   data = json.loads(out.read_text())
   assert all(math.isfinite(x) for x in json_numbers(data))
@@ -182,29 +196,11 @@ def test_memory(tmp_path, capsys):
 
 def test_scaling(tmp_path, capsys):
   out = tmp_path / 'scaling'
-  result = scaling.main(
-    [
-      '--params-list',
-      '20k',
-      '--tree',
-      'equal',
-      '--leaves',
-      '3',
-      '--leaves-list',
-      '4',
-      '--leaves-params',
-      '10k',
-      '--rounds',
-      '2',
-      '--warmup',
-      '1',
-      '--modes',
-      'adabelief',
-      'optax_adam',
-      '--out',
-      str(out),
-    ]
+  argv = (
+    '--params-list 20k --tree equal --leaves 3 --leaves-list 4 --leaves-params 10k '
+    '--rounds 2 --warmup 1 --modes adabelief optax_adam'
   )
+  result = scaling.main([*argv.split(), '--out', str(out)])
   capsys.readouterr()
   for name in ('scaling.md', 'scaling.json', 'scaling_params.png', 'scaling_leaves.png'):
     assert (out / name).stat().st_size > 0, name
