@@ -1,19 +1,13 @@
-"""Test-wide setup: 8 virtual CPU devices, so sharding and pmap tests run anywhere.
-
-XLA reads the flag once, when JAX first initializes its backend, so it is set
-here, before any test module imports JAX.
-"""
+"""Shared fixtures: examples as modules, and 8-device checks in a child process."""
 
 import importlib.util
-import os
+import json
 import pathlib
+from typing import Any
 
 import pytest
 
-_FLAG = '--xla_force_host_platform_device_count=8'
-if _FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_FLAG}'.strip()
-
+from tests import devices
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / 'examples'
 
@@ -30,3 +24,28 @@ def load_example(monkeypatch):
     return module
 
   return load
+
+
+class DeviceChecks:
+  """The results of a module's 8-device checks (see tests/devices.py)."""
+
+  def __init__(self, results: dict[str, Any]) -> None:
+    self.results = results
+
+  def metrics(self, name: str) -> dict[str, Any]:
+    """Fails the calling test unless check ``name`` passed; returns its metrics."""
+    result = self.results[name]
+    if not result['ok']:
+      pytest.fail(f'{name} failed in the 8-device child process:\n{result["error"]}', pytrace=False)
+    print(f'{name}: {result["seconds"]} s, {json.dumps(result["metrics"])}')
+    return result['metrics']
+
+
+@pytest.fixture(scope='module')
+def device_checks(request) -> DeviceChecks:
+  """Runs every check the requesting module registered, in one 8-device child."""
+  module = request.module
+  try:
+    return DeviceChecks(devices.run_in_child(module.__name__, list(module.CHECKS.functions)))
+  except RuntimeError as e:
+    pytest.fail(str(e), pytrace=False)

@@ -204,6 +204,28 @@ def resolve(value: ScalarOrSchedule, k: int) -> float:
   return float(np.asarray(v, dtype=np.float64))
 
 
+def round_to_format(x: np.ndarray, fmt: str | None) -> np.ndarray:
+  """``x`` as stored in ``fmt``, rounded to nearest (ties to even), in float64.
+
+  ``None`` stores ``x`` exactly. ``'bfloat16'`` keeps 8 significant bits and
+  the float32 exponent range (every value here is far from its limits): with
+  ``x = f 2^e``, ``0.5 <= |f| < 1``, it is ``round(f 2^8) 2^(e - 8)``.
+
+  Args:
+    x: A real float64 array.
+    fmt: ``None`` or ``'bfloat16'``.
+
+  Returns:
+    The stored values, as float64.
+  """
+  if fmt is None:
+    return x
+  if fmt != 'bfloat16':
+    raise ValueError(f'unknown storage format {fmt!r}')
+  fraction, exponent = np.frexp(x)
+  return np.ldexp(np.round(fraction * 2.0**8), exponent - 8)
+
+
 # ---------------------------------------------------------------------------
 # Per-leaf state and the single-leaf direction.
 # ---------------------------------------------------------------------------
@@ -247,6 +269,8 @@ def leaf_direction(
   degenerate_to_sgd: bool = True,
   nesterov: bool = False,
   torch_rectified_eps: bool = False,
+  mu_format: str | None = None,
+  nu_format: str | None = None,
 ) -> tuple[np.ndarray, LeafState]:
   """One AdaBelief direction ``u_t`` for one leaf. This is a pure function.
 
@@ -260,6 +284,10 @@ def leaf_direction(
   ``rho_t >= sma_threshold``. Here ``eps' = eps / sqrt(1 - b2^t)`` if
   ``torch_rectified_eps``, else ``eps' = eps``. Otherwise ``u_t = m_hat`` (when
   ``degenerate_to_sgd``) or ``0``.
+
+  With a storage format, ``m_t`` is rounded to ``mu_format`` as soon as it is
+  computed and ``s_t`` to ``nu_format``; everything after uses the rounded
+  values (the maximum of two stored values needs no rounding).
 
   Args:
     state: The leaf's state after ``t - 1`` steps.
@@ -276,6 +304,8 @@ def leaf_direction(
     nesterov: Use the Nesterov ``m_hat``.
     torch_rectified_eps: Scale ``eps`` by ``1 / sqrt(1 - b2^t)`` in the
       rectified branch, as adabelief-pytorch 0.2.1 does.
+    mu_format: The storage format of ``m`` (see :func:`round_to_format`).
+    nu_format: The storage format of ``s``.
 
   Returns:
     ``(u_t, new_state)``.
@@ -283,8 +313,8 @@ def leaf_direction(
   if t < 1:
     raise ValueError(f'step t must be >= 1, got {t}')
   g = as_float64(g)
-  m = update_first_moment(state.mu, g, b1)
-  s = update_belief(state.nu, g, m, b2, eps_root)
+  m = round_to_format(update_first_moment(state.mu, g, b1), mu_format)
+  s = round_to_format(update_belief(state.nu, g, m, b2, eps_root), nu_format)
   nu_max = np.maximum(state.nu_max, s) if amsgrad else state.nu_max
   new_state = LeafState(mu=m, nu=s, nu_max=nu_max)
 
@@ -319,48 +349,23 @@ class BeliefOracle:
   returns ``u_t`` for every leaf (see :func:`leaf_direction`).
 
   Attributes:
-    states: One :class:`LeafState` per leaf.
+    states: One :class:`LeafState` per leaf; a test may replace them (e.g.
+      with the implementation's state) to compare a single step.
     count: The number of steps taken so far (``t - 1`` before a call).
     hyper: The keyword hyperparameters passed to :func:`leaf_direction`.
   """
 
-  def __init__(
-    self,
-    leaves: Sequence[np.ndarray],
-    *,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-16,
-    eps_root: float = 1e-16,
-    amsgrad: bool = False,
-    rectify: bool = False,
-    sma_threshold: float = 5.0,
-    degenerate_to_sgd: bool = True,
-    nesterov: bool = False,
-    torch_rectified_eps: bool = False,
-  ) -> None:
+  def __init__(self, leaves: Sequence[np.ndarray], **hyper: float | bool | str | None) -> None:
     """Zero state for ``leaves``.
 
     Args:
       leaves: Arrays that give the shape and real/complex kind of each leaf.
-      b1, b2, eps, eps_root, amsgrad, rectify, sma_threshold,
-      degenerate_to_sgd, nesterov, torch_rectified_eps: As in
-        :func:`leaf_direction`.
+      **hyper: Keyword arguments of :func:`leaf_direction` (its defaults are
+        the library's).
     """
     self.states: list[LeafState] = [LeafState.zeros_like(x) for x in leaves]
     self.count: int = 0
-    self.hyper: dict[str, float | bool] = dict(
-      b1=float(b1),
-      b2=float(b2),
-      eps=float(eps),
-      eps_root=float(eps_root),
-      amsgrad=bool(amsgrad),
-      rectify=bool(rectify),
-      sma_threshold=float(sma_threshold),
-      degenerate_to_sgd=bool(degenerate_to_sgd),
-      nesterov=bool(nesterov),
-      torch_rectified_eps=bool(torch_rectified_eps),
-    )
+    self.hyper = hyper
 
   def direction(self, grads: Sequence[np.ndarray]) -> Leaves:
     """Takes one step and returns ``u_t`` for each leaf.
@@ -374,15 +379,10 @@ class BeliefOracle:
     if len(grads) != len(self.states):
       raise ValueError(f'expected {len(self.states)} leaves, got {len(grads)}')
     t = self.count + 1
-    out: Leaves = []
-    new_states: list[LeafState] = []
-    for state, g in zip(self.states, grads):
-      u, ns = leaf_direction(state, g, t, **self.hyper)
-      out.append(u)
-      new_states.append(ns)
-    self.states = new_states
+    out = [leaf_direction(state, g, t, **self.hyper) for state, g in zip(self.states, grads)]
+    self.states = [state for _, state in out]
     self.count = t
-    return out
+    return [u for u, _ in out]
 
 
 class AdaBeliefOracle:
@@ -413,16 +413,7 @@ class AdaBeliefOracle:
     weight_decay: ScalarOrSchedule = 0.0,
     weight_decay_mode: str = 'decoupled',
     weight_decay_mask: Sequence[bool] | None = None,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-16,
-    eps_root: float = 1e-16,
-    amsgrad: bool = False,
-    rectify: bool = False,
-    sma_threshold: float = 5.0,
-    degenerate_to_sgd: bool = True,
-    nesterov: bool = False,
-    torch_rectified_eps: bool = False,
+    **hyper: float | bool | str | None,
   ) -> None:
     """Zero state for ``params``.
 
@@ -432,9 +423,7 @@ class AdaBeliefOracle:
       weight_decay: A constant or a schedule of ``k = t - 1``.
       weight_decay_mode: ``'decoupled'``, ``'fixed'`` or ``'l2'``.
       weight_decay_mask: One bool per leaf, or ``None`` to decay every leaf.
-      b1, b2, eps, eps_root, amsgrad, rectify, sma_threshold,
-      degenerate_to_sgd, nesterov, torch_rectified_eps: As in
-        :func:`leaf_direction`.
+      **hyper: Keyword arguments of :func:`leaf_direction`.
     """
     if weight_decay_mode not in WEIGHT_DECAY_MODES:
       raise ValueError(
@@ -442,19 +431,7 @@ class AdaBeliefOracle:
       )
     if weight_decay_mask is not None and len(weight_decay_mask) != len(params):
       raise ValueError(f'mask has {len(weight_decay_mask)} entries for {len(params)} leaves')
-    self.belief = BeliefOracle(
-      params,
-      b1=b1,
-      b2=b2,
-      eps=eps,
-      eps_root=eps_root,
-      amsgrad=amsgrad,
-      rectify=rectify,
-      sma_threshold=sma_threshold,
-      degenerate_to_sgd=degenerate_to_sgd,
-      nesterov=nesterov,
-      torch_rectified_eps=torch_rectified_eps,
-    )
+    self.belief = BeliefOracle(params, **hyper)
     self.learning_rate = learning_rate
     self.weight_decay = weight_decay
     self.weight_decay_mode = weight_decay_mode
@@ -501,82 +478,3 @@ class AdaBeliefOracle:
       deltas = [-lr * u for u in us]
     new_params = [p + d for p, d in zip(ps, deltas)]
     return new_params, deltas
-
-
-# ---------------------------------------------------------------------------
-# Trajectory helpers.
-# ---------------------------------------------------------------------------
-
-
-def run_directions(
-  leaves: Sequence[np.ndarray], grads: Sequence[Sequence[np.ndarray]], **belief_kwargs: float | bool
-) -> list[Leaves]:
-  """Feeds a gradient sequence to a fresh :class:`BeliefOracle`.
-
-  Args:
-    leaves: Arrays that give the shape and kind of each leaf.
-    grads: ``grads[k]`` is the list of gradient leaves at step ``k + 1``.
-    **belief_kwargs: Hyperparameters for :class:`BeliefOracle`.
-
-  Returns:
-    ``out[k]`` is ``u_{k+1}`` per leaf.
-  """
-  oracle = BeliefOracle(leaves, **belief_kwargs)
-  return [oracle.direction(g) for g in grads]
-
-
-def run_trajectory(
-  params0: Sequence[np.ndarray], grads: Sequence[Sequence[np.ndarray]], **opt_kwargs: object
-) -> list[Leaves]:
-  """Runs the full optimizer on a fixed gradient sequence.
-
-  The gradients do not depend on the parameters.
-
-  Args:
-    params0: The initial parameter leaves.
-    grads: ``grads[k]`` is the list of gradient leaves for update ``k``.
-    **opt_kwargs: Keyword arguments for :class:`AdaBeliefOracle`.
-
-  Returns:
-    ``traj`` with ``len(traj) == len(grads)``, where ``traj[k]`` is the params
-    after ``k + 1`` updates. The initial params are *not* included.
-  """
-  opt = AdaBeliefOracle(params0, **opt_kwargs)  # type: ignore[arg-type]
-  params = [as_float64(p) for p in params0]
-  traj: list[Leaves] = []
-  for g in grads:
-    params, _ = opt.step(params, g)
-    traj.append(params)
-  return traj
-
-
-def run_trajectory_fn(
-  params0: Sequence[np.ndarray],
-  grad_fn: Callable[[Leaves], Sequence[np.ndarray]],
-  steps: int,
-  **opt_kwargs: object,
-) -> list[Leaves]:
-  """Runs the full optimizer with gradients computed from the current params.
-
-  Args:
-    params0: The initial parameter leaves.
-    grad_fn: Maps the current float64 params (a list of leaves) to the
-      gradient leaves.
-    steps: The number of updates.
-    **opt_kwargs: Keyword arguments for :class:`AdaBeliefOracle`.
-
-  Returns:
-    ``traj`` with ``len(traj) == steps``, where ``traj[k]`` is the params after
-    ``k + 1`` updates. The initial params are *not* included.
-  """
-  opt = AdaBeliefOracle(params0, **opt_kwargs)  # type: ignore[arg-type]
-  params = [as_float64(p) for p in params0]
-  traj: list[Leaves] = []
-  for _ in range(steps):
-    params, _ = opt.step(params, grad_fn(params))
-    traj.append(params)
-  return traj
-
-
-run_optimizer = run_trajectory_fn
-"""An alias of :func:`run_trajectory_fn`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,7 +149,7 @@ def test_matches_optax_adabelief(nesterov):
     ours = run_params(adabelief_jax.adabelief(3e-3, nesterov=nesterov), params, grads_seq)
     theirs = run_params(optax.adabelief(3e-3, nesterov=nesterov), params, grads_seq)
     for a, b in zip(ours, theirs):
-      jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12), a, b)
+      chex.assert_trees_all_close(a, b, rtol=1e-12, atol=0)
 
 
 def test_decoupled_mode_matches_optax_adamw_convention():
@@ -162,7 +163,7 @@ def test_decoupled_mode_matches_optax_adamw_convention():
     )
     theirs = run_params(chained, params, grads_seq)
     for a, b in zip(ours, theirs):
-      jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12), a, b)
+      chex.assert_trees_all_close(a, b, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(

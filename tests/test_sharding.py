@@ -1,53 +1,23 @@
 """Tests of adabelief_jax.sharding and of AdaBelief under pmap, jit with shardings and ZeRO-1.
 
-The checks need 8 CPU devices, which XLA creates only if told before JAX starts
-its backend, and on a CPU platform even where the test process sees GPUs. So
-they run in one child process (``python tests/test_sharding.py``, with
-``JAX_PLATFORMS=cpu`` and ``--xla_force_host_platform_device_count=8``) that
-runs every ``check_*`` function below and prints one JSON line of results; each
+The checks need 8 CPU devices: they are registered in ``CHECKS`` and run in one
+child process by the ``device_checks`` fixture (see tests/devices.py); each
 ``test_*`` function asserts on its check's result. Run a single check by hand
-with ``python tests/test_sharding.py check_zero1_auto``.
+with ``python -m tests.devices tests.test_sharding check_zero1_auto``.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
-import time
-import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-N_DEVICES = 8
-TIMEOUT_S = 240  # Hard limit for the child; the checks take 30-50 s on 2 busy cores.
-_RESULT_TAG = 'ADABELIEF_SHARDING_RESULTS '
-
-
-def _child_env() -> dict[str, str]:
-  """This environment, with 8 CPU devices and the CPU platform."""
-  env = dict(os.environ)
-  flags = [
-    f
-    for f in env.get('XLA_FLAGS', '').split()
-    if not f.startswith('--xla_force_host_platform_device_count')
-  ]
-  env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={N_DEVICES}'])
-  env['JAX_PLATFORMS'] = 'cpu'
-  return env
-
-
-if __name__ == '__main__':  # The child: JAX must see the flags before it starts.
-  os.environ.update(_child_env())
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,19 +28,15 @@ from jax.sharding import PartitionSpec as P
 
 import adabelief_jax
 from adabelief_jax import sharding
+from tests import devices
 
-# pylint: enable=g-import-not-at-top,wrong-import-position
+N_DEVICES = devices.N_DEVICES
 
 # ---------------------------------------------------------------------------
 # Checks: run in the child process, with 8 CPU devices.
 # ---------------------------------------------------------------------------
 
-CHECKS: dict[str, Callable[[], dict[str, Any]]] = {}
-
-
-def check(fn: Callable[[], dict[str, Any] | None]) -> Callable[[], dict[str, Any] | None]:
-  CHECKS[fn.__name__] = fn
-  return fn
+CHECKS = devices.Checks()
 
 
 def _auto(n: int) -> tuple[AxisType, ...]:
@@ -184,7 +150,7 @@ def _mesh_step(
   return step
 
 
-@check
+@CHECKS
 def check_plan_follows_params() -> dict[str, Any]:
   """Moments follow their parameter; other leaves are replicated; any optax state."""
   mesh = jax.make_mesh((4, 2), ('data', 'model'), axis_types=_auto(2))
@@ -231,7 +197,7 @@ def check_plan_follows_params() -> dict[str, Any]:
   return {'moment_and_other_leaves': counts}
 
 
-@check
+@CHECKS
 def check_plan_zero1() -> dict[str, Any]:
   """ZeRO-1 specs: largest divisible dimension, warnings, bytes per device."""
   mesh = jax.make_mesh((4, 2), ('data', 'model'), axis_types=_auto(2))
@@ -294,7 +260,7 @@ def check_plan_zero1() -> dict[str, Any]:
   return {'bytes_per_device': plan.bytes_per_device, 'unsharded_bytes': plan.nbytes}
 
 
-@check
+@CHECKS
 def check_errors_name_arguments() -> dict[str, Any]:
   mesh = jax.make_mesh((8,), ('data',), axis_types=_auto(1))
   other = jax.make_mesh((8,), ('data',), axis_types=_explicit(1))
@@ -347,7 +313,7 @@ def check_errors_name_arguments() -> dict[str, Any]:
   return {}
 
 
-@check
+@CHECKS
 def check_pmap_matches_single_device() -> dict[str, Any]:
   """pmap data parallelism with pmean'd gradients == one device, global batch."""
   tx, params, batches = _optimizer(), _mlp_params(), _batches(30)
@@ -372,7 +338,7 @@ def check_pmap_matches_single_device() -> dict[str, Any]:
       lambda a, i=i: np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(a)[0]), replicated
     )
   diff = _max_abs_diff(got, want)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
   return {'steps': len(batches), 'max_abs_diff': diff}
 
 
@@ -417,7 +383,7 @@ def _mesh_2d(
     check_placement(state, f'step {i + 1}')
     _assert_same_shardings(params, param_sh, f'params after step {i + 1}')
   diff = _max_abs_diff(params, want)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, want)
+  chex.assert_trees_all_close(params, want, rtol=1e-5, atol=1e-6)
   return {
     'steps': len(batches),
     'max_abs_diff': diff,
@@ -428,17 +394,17 @@ def _mesh_2d(
   }
 
 
-@check
+@CHECKS
 def check_mesh_2d_auto() -> dict[str, Any]:
   return _mesh_2d(_auto(2))
 
 
-@check
+@CHECKS
 def check_mesh_2d_explicit() -> dict[str, Any]:
   return _mesh_2d(_explicit(2))
 
 
-@check
+@CHECKS
 def check_mesh_2d_zero1_explicit_with_sharded_state() -> dict[str, Any]:
   """Model-sharded params, moments also split along data, Explicit axes.
 
@@ -497,9 +463,7 @@ def _zero1(axis_types: tuple[Any, ...], wrapper: bool) -> dict[str, Any]:
       p, state = jax.block_until_ready(step(p, state, jax.device_put(batch, batch_sh)))
     _assert_same_shardings(state, state_sh, f'{name} state after {steps} steps')
     runs[name] = p
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), runs['zero1'], want
-  )
+  chex.assert_trees_all_close(runs['zero1'], want, rtol=1e-6, atol=1e-6)
   return {
     'steps': steps,
     'state_bytes_per_device_replicated': max(plain_bytes.values()),
@@ -509,17 +473,17 @@ def _zero1(axis_types: tuple[Any, ...], wrapper: bool) -> dict[str, Any]:
   }
 
 
-@check
+@CHECKS
 def check_zero1_auto() -> dict[str, Any]:
   return _zero1(_auto(1), wrapper=False)
 
 
-@check
+@CHECKS
 def check_zero1_explicit_with_sharded_state() -> dict[str, Any]:
   return _zero1(_explicit(1), wrapper=True)
 
 
-@check
+@CHECKS
 def check_orbax_checkpoint_round_trip() -> dict[str, Any]:
   """Save sharded params + ZeRO state, restore on the mesh, continue: bit-identical."""
   try:
@@ -568,24 +532,10 @@ def check_orbax_checkpoint_round_trip() -> dict[str, Any]:
   _assert_same_shardings(restored['opt_state'], state_sh, 'restored state')
   _assert_same_shardings(restored['params'], param_sh, 'restored params')
   got_params, got_state = train(restored['params'], restored['opt_state'], batches[5:])
-  jax.tree.map(np.testing.assert_array_equal, got_params, want_params)
-  jax.tree.map(np.testing.assert_array_equal, got_state, want_state)
+  chex.assert_trees_all_equal(got_params, want_params)
+  chex.assert_trees_all_equal(got_state, want_state)
   zero = sharding.bytes_per_device(got_state)
   return {'steps': len(batches), 'restored_at': 5, 'state_bytes_per_device': max(zero.values())}
-
-
-def _run_checks(names: list[str]) -> dict[str, Any]:
-  results = {}
-  for name in names:
-    print(f'running {name}', file=sys.stderr, flush=True)  # Names a check that hangs.
-    start = time.perf_counter()
-    try:
-      metrics = CHECKS[name]() or {}
-      results[name] = {'ok': True, 'metrics': metrics}
-    except Exception:  # pylint: disable=broad-except
-      results[name] = {'ok': False, 'error': traceback.format_exc()}
-    results[name]['seconds'] = round(time.perf_counter() - start, 2)
-  return results
 
 
 # ---------------------------------------------------------------------------
@@ -593,98 +543,51 @@ def _run_checks(names: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def child() -> dict[str, Any]:
-  """Runs every check in one 8-device child process; their results by name."""
-  repo = Path(__file__).resolve().parent.parent
-  try:
-    proc = subprocess.run(
-      [sys.executable, str(Path(__file__).resolve()), *CHECKS],
-      env=_child_env(),
-      cwd=repo,
-      capture_output=True,
-      text=True,
-      timeout=TIMEOUT_S,
-      check=False,
-    )
-  except subprocess.TimeoutExpired as e:  # subprocess.run has killed the child.
-    pytest.fail(f'the sharding checks ran past {TIMEOUT_S} s:\n{e.stderr}')
-  for line in proc.stdout.splitlines():
-    if line.startswith(_RESULT_TAG):
-      return json.loads(line[len(_RESULT_TAG) :])
-  pytest.fail(
-    f'the sharding checks crashed (exit {proc.returncode}):\n'
-    f'{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}'
-  )
+def test_plan_follows_params(device_checks):
+  device_checks.metrics('check_plan_follows_params')
 
 
-def _assert_check(child: dict[str, Any], name: str) -> dict[str, Any]:
-  result = child[name]
-  if not result['ok']:
-    pytest.fail(f'{name} failed in the 8-device child process:\n{result["error"]}', pytrace=False)
-  print(f'{name}: {result["seconds"]} s, {json.dumps(result["metrics"])}')
-  return result['metrics']
+def test_plan_zero1(device_checks):
+  device_checks.metrics('check_plan_zero1')
 
 
-def test_plan_follows_params(child):
-  _assert_check(child, 'check_plan_follows_params')
+def test_errors_name_arguments(device_checks):
+  device_checks.metrics('check_errors_name_arguments')
 
 
-def test_plan_zero1(child):
-  _assert_check(child, 'check_plan_zero1')
+def test_pmap_matches_single_device(device_checks):
+  device_checks.metrics('check_pmap_matches_single_device')
 
 
-def test_errors_name_arguments(child):
-  _assert_check(child, 'check_errors_name_arguments')
+def test_mesh_2d_auto(device_checks):
+  device_checks.metrics('check_mesh_2d_auto')
 
 
-def test_pmap_matches_single_device(child):
-  _assert_check(child, 'check_pmap_matches_single_device')
+def test_mesh_2d_explicit(device_checks):
+  device_checks.metrics('check_mesh_2d_explicit')
 
 
-def test_mesh_2d_auto(child):
-  _assert_check(child, 'check_mesh_2d_auto')
-
-
-def test_mesh_2d_explicit(child):
-  _assert_check(child, 'check_mesh_2d_explicit')
-
-
-def test_zero1_auto(child):
-  metrics = _assert_check(child, 'check_zero1_auto')
+def test_zero1_auto(device_checks):
+  metrics = device_checks.metrics('check_zero1_auto')
   assert metrics['state_bytes_per_device_zero1'] * N_DEVICES < (
     metrics['state_bytes_per_device_replicated'] + N_DEVICES * 4
   )
 
 
-def test_zero1_explicit_with_sharded_state(child):
-  _assert_check(child, 'check_zero1_explicit_with_sharded_state')
+def test_zero1_explicit_with_sharded_state(device_checks):
+  device_checks.metrics('check_zero1_explicit_with_sharded_state')
 
 
-def test_mesh_2d_zero1_explicit_with_sharded_state(child):
-  _assert_check(child, 'check_mesh_2d_zero1_explicit_with_sharded_state')
+def test_mesh_2d_zero1_explicit_with_sharded_state(device_checks):
+  device_checks.metrics('check_mesh_2d_zero1_explicit_with_sharded_state')
 
 
-def test_orbax_checkpoint_round_trip(child):
-  metrics = _assert_check(child, 'check_orbax_checkpoint_round_trip')
+def test_orbax_checkpoint_round_trip(device_checks):
+  metrics = device_checks.metrics('check_orbax_checkpoint_round_trip')
   if 'skipped' in metrics:
     pytest.skip(metrics['skipped'])
 
 
 def test_every_check_has_a_test():
   tests = {name[len('test_') :] for name in globals() if name.startswith('test_')}
-  assert {name[len('check_') :] for name in CHECKS} <= tests
-
-
-if __name__ == '__main__':
-  # The child: python tests/test_sharding.py [check_name ...]
-  requested = sys.argv[1:] or list(CHECKS)
-  unknown = [n for n in requested if n not in CHECKS]
-  if unknown:
-    sys.exit(f'unknown checks {unknown}; known: {list(CHECKS)}')
-  results = _run_checks(requested)
-  for name, result in results.items():
-    print(f'{name}: {"ok" if result["ok"] else "FAILED"} in {result["seconds"]} s', file=sys.stderr)
-    if not result['ok']:
-      print(result['error'], file=sys.stderr)
-  print(_RESULT_TAG + json.dumps(results), flush=True)
+  assert {name[len('check_') :] for name in CHECKS.functions} <= tests
