@@ -14,78 +14,136 @@ import os
 import platform
 import random
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import textwrap
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tabulate import tabulate
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
 
 # ----------------------------------------------------------------------------
 # Flags.
 
 
+def make_parser(doc: str) -> argparse.ArgumentParser:
+  """A parser whose description is the first paragraph of ``doc``; --help keeps its layout."""
+  return argparse.ArgumentParser(
+    description=doc.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+
+
 def add_common_args(
   parser: argparse.ArgumentParser,
   *,
-  epochs: int,
-  seeds: int = 3,
-  batch_size: int = 32,
-  out: str,
-  optimizers: Sequence[str] = (),
+  name: str,
+  seeds: int,
+  optimizers: Sequence[str],
+  seeds_help: str = 'runs per optimizer, with seeds 0..N-1',
+  epochs: int | None = None,
+  batch_size: int | None = None,
 ) -> argparse.ArgumentParser:
-  """Adds --epochs, --seeds, --batch-size, --out, --no-progress [--optimizers]."""
+  """Adds --seeds, --optimizers, --out (default results/<name>), --no-progress.
+
+  Also --epochs and --batch-size when given a default: the scripts that train
+  on minibatches for a number of epochs share their meaning.
+  """
+  counts = [
+    ('--seeds', seeds, seeds_help),
+    ('--epochs', epochs, 'training epochs per run'),
+    ('--batch-size', batch_size, 'minibatch size'),
+  ]
+  add_positive_ints(parser, [count for count in counts if count[1] is not None])
   parser.add_argument(
-    '--epochs', type=int, default=epochs, help='training epochs per run (default: %(default)s)'
-  )
-  parser.add_argument(
-    '--seeds',
-    type=int,
-    default=seeds,
-    help='runs per optimizer, with seeds 0..N-1 (default: %(default)s)',
-  )
-  parser.add_argument(
-    '--batch-size', type=int, default=batch_size, help='minibatch size (default: %(default)s)'
+    '--optimizers',
+    type=comma_list(optimizers),
+    default=list(optimizers),
+    help='comma-separated subset of: ' + ','.join(optimizers) + ' (default: all)',
   )
   parser.add_argument(
     '--out',
-    default=out,
-    help='directory for results.md, results.json and the plot (default: %(default)s)',
+    default=os.path.join('results', name),
+    help='directory for results.md, results.json and the plots (default: %(default)s)',
   )
   parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
-  if optimizers:
-    parser.add_argument(
-      '--optimizers',
-      type=comma_list(optimizers),
-      default=list(optimizers),
-      help='comma-separated subset of: ' + ','.join(optimizers) + ' (default: all)',
-    )
   return parser
 
 
-def comma_list(choices: Iterable[str] | None = None):
-  """An argparse ``type`` for 'a,b,c'; checks the items against ``choices``."""
-  allowed = list(choices) if choices is not None else None
+def add_positive_ints(
+  parser: argparse.ArgumentParser, flags: Iterable[tuple[str, int, str]]
+) -> None:
+  """Adds a whole-number flag >= 1 per (flag, default, help): counts, sizes and steps."""
+  for flag, default, help_text in flags:
+    parser.add_argument(
+      flag, type=positive_int, default=default, help=f'{help_text} (default: %(default)s)'
+    )
+
+
+def positive_int(text: str) -> int:
+  """An argparse ``type`` for a whole number >= 1 (counts, sizes, steps)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected a whole number, got {text!r}') from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+  return value
+
+
+def _split(text: str) -> list[str]:
+  """The non-empty, stripped items of 'a, b,c,' (a trailing comma is harmless)."""
+  return [item.strip() for item in text.split(',') if item.strip()]
+
+
+def comma_list(choices: Iterable[str]) -> Callable[[str], list[str]]:
+  """An argparse ``type`` for 'a,b,c', each item one of ``choices``."""
+  allowed = list(choices)
 
   def parse(text: str) -> list[str]:
-    items = [item.strip() for item in text.split(',') if item.strip()]
+    items = _split(text)
     if not items:
       raise argparse.ArgumentTypeError('expected at least one name')
-    if allowed is not None:
-      unknown = [item for item in items if item not in allowed]
-      if unknown:
-        raise argparse.ArgumentTypeError(f'unknown {unknown}; choose from {",".join(allowed)}')
+    unknown = [item for item in items if item not in allowed]
+    if unknown:
+      raise argparse.ArgumentTypeError(f'unknown {unknown}; choose from {",".join(allowed)}')
     return list(dict.fromkeys(items))  # Drops repeats, keeps the order.
 
   return parse
 
 
-def check_positive(args: argparse.Namespace, *names: str) -> None:
-  for name in names:
-    if getattr(args, name) < 1:
-      raise SystemExit(f'--{name.replace("_", "-")} must be >= 1')
+def float_list(valid: Callable[[float], bool], requirement: str) -> Callable[[str], list[float]]:
+  """An argparse ``type`` for '1e-3,0.1': numbers for which ``valid`` holds.
+
+  ``requirement`` says what ``valid`` checks, for the error message; argparse
+  prefixes that message with the flag's name. Repeats are dropped, so a grid
+  never trains the same value twice.
+  """
+
+  def parse(text: str) -> list[float]:
+    items = _split(text)
+    if not items:
+      raise argparse.ArgumentTypeError('expected at least one number')
+    try:
+      values = [float(item) for item in items]
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') from None
+    bad = [value for value in values if not valid(value)]
+    if bad:
+      raise argparse.ArgumentTypeError(f'each value must be {requirement}, got {text!r}')
+    return list(dict.fromkeys(values))
+
+  return parse
+
+
+# Learning-rate grids: every value a positive number.
+positive_floats = float_list(lambda value: value > 0, '> 0')
 
 
 # ----------------------------------------------------------------------------
-# Seeding.
+# Seeding and progress.
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -99,8 +157,18 @@ def seed_everything(seed: int) -> np.random.Generator:
   return np.random.default_rng(seed)
 
 
+def progress_bar(total: int, unit: str, args: argparse.Namespace) -> tqdm:
+  """A tqdm bar over ``total`` units, hidden by --no-progress."""
+  return tqdm(total=total, unit=unit, disable=args.no_progress)
+
+
 # ----------------------------------------------------------------------------
-# Summaries and results files.
+# Text: counts, summaries and tables.
+
+
+def plural(count: int, noun: str) -> str:
+  """'1 seed', '3 seeds': a count with its noun in the right number."""
+  return f'{count} {noun}' if count == 1 else f'{count} {noun}s'
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -110,22 +178,34 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 
 def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
+  """'0.9726 ± 0.0010': a table cell for a mean over seeds and its spread."""
   return f'{mean:.{digits}f} ± {std:.{digits}f}'
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-  """A GitHub-flavoured Markdown table; floats are shown with 4 significant digits."""
-  if columns is None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+def table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """A GitHub-flavoured Markdown table; floats are shown with 4 significant digits.
+
+  Cells are written as given (no number parsing, which would reformat the
+  strings the scripts already rounded), with '|' escaped so that labels such
+  as '|x| + |y|' stay inside their cell.
+  """
 
   def cell(value: Any) -> str:
     if isinstance(value, float):
       return f'{value:.4g}'
     return str(value).replace('|', '\\|')
 
-  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' for _ in columns) + '|']
-  lines += ['| ' + ' | '.join(cell(row.get(c, '')) for c in columns) + ' |' for row in rows]
-  return '\n'.join(lines)
+  cells = [{key: cell(value) for key, value in row.items()} for row in rows]
+  return tabulate(cells, headers='keys', tablefmt='github', disable_numparse=True)
+
+
+def curves(summaries: Sequence[Mapping[str, Any]], key: str) -> dict[str, list]:
+  """{optimizer: [each run's ``key`` curve]}, the series :func:`plot_curves` draws."""
+  return {s['optimizer']: [run[key] for run in s['runs']] for s in summaries}
+
+
+# ----------------------------------------------------------------------------
+# Results files.
 
 
 def to_jsonable(value: Any) -> Any:
@@ -154,50 +234,88 @@ def environment() -> dict[str, str]:
   return info
 
 
-def write_results(
-  out_dir: str, *, title: str, table: str, data: Mapping[str, Any], notes: str = ''
-) -> tuple[str, str]:
-  """Writes ``results.md`` (title, notes, table) and ``results.json`` (data).
+def report(
+  args: argparse.Namespace,
+  *,
+  title: str,
+  table: str,
+  notes: str,
+  plots: Sequence[str],
+  findings: str = '',
+  **fields: Any,
+) -> dict[str, Any]:
+  """Prints the table and findings, and writes both to --out with the data.
 
-  Returns the two paths. ``data`` goes through :func:`to_jsonable`.
+  ``results.md`` holds the title, the notes, the findings, links to the
+  ``plots`` and the table; ``results.json`` the flags, the versions and
+  ``fields`` (through :func:`to_jsonable`). Returns that JSON's content
+  before conversion, so that callers keep their arrays.
   """
-  os.makedirs(out_dir, exist_ok=True)
-  md_path = os.path.join(out_dir, 'results.md')
-  json_path = os.path.join(out_dir, 'results.json')
-  parts = [f'# {title}', notes.strip(), table]
+  print('\n' + '\n\n'.join(part for part in (table, findings) if part))
+  data = {'config': vars(args), 'environment': environment(), **fields}
+  images = '\n\n'.join(
+    f'![{os.path.splitext(os.path.basename(p))[0]}]({os.path.basename(p)})' for p in plots
+  )
+  os.makedirs(args.out, exist_ok=True)
+  md_path = os.path.join(args.out, 'results.md')
+  json_path = os.path.join(args.out, 'results.json')
+  parts = [f'# {title}', notes.strip(), findings, images, table]
   with open(md_path, 'w', encoding='utf-8') as f:
     f.write('\n\n'.join(p for p in parts if p) + '\n')
   with open(json_path, 'w', encoding='utf-8') as f:
     json.dump(to_jsonable(data), f, indent=2, allow_nan=False)
     f.write('\n')
-  return md_path, json_path
+  print(f'\nwrote {", ".join([md_path, json_path, *plots])}')
+  return data
 
 
 # ----------------------------------------------------------------------------
 # Plots.
 
 
+def figure(width: float, height: float, title: str, title_size: float = 10) -> Figure:
+  """A ``width`` x ``height`` inch figure with ``title`` wrapped to its width.
+
+  ``height`` should hold the panels and one line of title; each further line
+  that a narrow figure (a small grid) needs is added to it, so the title is
+  never cut off and never squeezes the panels. Uses matplotlib's object API
+  with the Agg canvas (no pyplot, no display and no global backend switch),
+  so it is safe in tests and on headless machines.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  # Matplotlib's default font averages under 0.6 em per character.
+  lines = textwrap.wrap(title, max(16, int(width * 72 / (0.6 * title_size))))
+  fig = Figure(
+    figsize=(width, height + (len(lines) - 1) * 1.3 * title_size / 72), layout='constrained'
+  )
+  FigureCanvasAgg(fig)
+  fig.suptitle('\n'.join(lines), fontsize=title_size)
+  return fig
+
+
+def save_figure(fig: Figure, path: str, dpi: int) -> str:
+  """Saves ``fig`` as a PNG at ``path`` (creating its directory); returns ``path``."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  return path
+
+
 def plot_curves(
   path: str,
-  panels: Sequence[tuple[str, Mapping[str, np.ndarray]]],
+  panels: Sequence[tuple[str, Mapping[str, Any]]],
   *,
+  title: str,
   xlabel: str = 'epoch',
   log_y: Sequence[bool] | None = None,
-  title: str | None = None,
 ) -> str:
   """One panel per (y label, {series name: runs}) pair, saved as a PNG.
 
   ``runs`` is an array of shape (num_runs, num_points) or (num_points,); the
   mean over runs is drawn as a line with a ±1 std band, against x = 1, 2, ...
-
-  Uses matplotlib's object API with the Agg canvas (no pyplot, no display and
-  no global backend switch), so it is safe in tests and on headless machines.
   """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  fig = Figure(figsize=(5.0 * len(panels), 4.0), layout='constrained')
-  FigureCanvasAgg(fig)
+  fig = figure(5.0 * len(panels), 4.0, title, title_size=12)
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   for i, (ax, (ylabel, series)) in enumerate(zip(axes, panels)):
     for name, runs in series.items():
@@ -213,8 +331,4 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
-  if title:
-    fig.suptitle(title)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  return path
+  return save_figure(fig, path, dpi=120)

@@ -47,6 +47,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import _common
 import jax
@@ -59,6 +60,9 @@ from tqdm.auto import tqdm
 import adabelief_jax
 
 CLIP_NORM = 0.25
+
+# {split: (inputs, next-byte targets)}, each (windows, seq_len), for 'train', 'valid', 'test'.
+Data = dict[str, tuple[np.ndarray, np.ndarray]]
 
 # name -> (default lr grid, constructor(lr)).
 OPTIMIZERS: dict[str, tuple[str, Callable[[float], optax.GradientTransformation]]] = {
@@ -121,6 +125,34 @@ def windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
+class Corpus(NamedTuple):
+  """The text of each split, its files, its windows and the vocabulary size."""
+
+  text: dict[str, bytes]
+  files: dict[str, list[str]]
+  windows: Data
+  vocab: int
+
+
+def load_corpus(args: argparse.Namespace) -> Corpus:
+  """The splits of the standard library's source as windows; prints what they hold."""
+  text, files = stdlib_splits(args.train_kb, args.eval_kb, args.file_kb)
+  ids, vocab = encode(text)
+  data = {split: windows(v, args.seq_len) for split, v in ids.items()}
+  if args.batch_size > len(data['train'][0]):
+    raise SystemExit(f'--batch-size must be <= {len(data["train"][0])}')
+  print(
+    f'stdlib source ({os.path.dirname(os.__file__)}): '
+    + ', '.join(
+      f'{s} {len(text[s]) // 1024} KiB ({_common.plural(len(files[s]), "file")})' for s in text
+    )
+    + f'; vocab {vocab}; {_common.plural(args.epochs, "epoch")} x '
+    f'{_common.plural(len(data["train"][0]) // args.batch_size, "step")}, batch '
+    f'{args.batch_size} x {args.seq_len}'
+  )
+  return Corpus(text, files, data, vocab)
+
+
 # ----------------------------------------------------------------------------
 # Model and steps.
 
@@ -128,7 +160,7 @@ def windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 class CharLSTM(nnx.Module):
   """Embed -> LSTM (nnx.RNN over nnx.OptimizedLSTMCell) -> logits."""
 
-  def __init__(self, vocab: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
+  def __init__(self, vocab: int, embed: int, hidden: int, *, rngs: nnx.Rngs) -> None:
     self.embed = nnx.Embed(vocab, embed, rngs=rngs)
     self.rnn = nnx.RNN(nnx.OptimizedLSTMCell(embed, hidden, rngs=rngs))
     self.out = nnx.Linear(hidden, vocab, rngs=rngs)
@@ -144,6 +176,7 @@ def loss_fn(model: CharLSTM, x: jax.Array, y: jax.Array) -> jax.Array:
 
 @nnx.jit
 def train_step(model: CharLSTM, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
+  """One minibatch step; updates ``model`` and ``optimizer`` in place."""
   loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
   optimizer.update(model, grads)
   return loss
@@ -169,9 +202,9 @@ def bits_per_char(model: CharLSTM, x: np.ndarray, y: np.ndarray, batch: int = 25
 
 
 def train_run(
-  name: str, lr: float, seed: int, data: dict, vocab: int, args: argparse.Namespace, progress: tqdm
+  name: str, lr: float, seed: int, data: Data, vocab: int, args: argparse.Namespace, progress: tqdm
 ) -> dict:
-  """One model trained with one optimizer, lr and seed; per-epoch curves."""
+  """One model trained with one optimizer, lr and seed; per-evaluation curves."""
   x_train, y_train = data['train']
   rng = _common.seed_everything(seed)  # Window order.
   model = CharLSTM(vocab, args.embed, args.hidden, rngs=nnx.Rngs(seed))
@@ -205,201 +238,147 @@ def train_run(
   }
 
 
+def sweep_and_rerun(
+  name: str, data: Data, vocab: int, args: argparse.Namespace, progress: tqdm
+) -> tuple[list[dict], list[dict]]:
+  """(the lr sweep's runs, the chosen lr's runs) of optimizer ``name``.
+
+  Every grid point gets the same budget, seed 0 and all epochs; the lowest
+  final validation bpc wins and is trained again with the other seeds.
+  """
+  sweep = []
+  for lr in getattr(args, f'lrs_{name}'):
+    progress.set_description(f'{name} lr={lr:g} seed 0')
+    sweep.append(train_run(name, lr, 0, data, vocab, args, progress))
+  best = min(sweep, key=lambda r: r['valid_bpc'][-1])
+  runs = [best]
+  for seed in range(1, args.seeds):
+    progress.set_description(f'{name} lr={best["lr"]:g} seed {seed}')
+    runs.append(train_run(name, best['lr'], seed, data, vocab, args, progress))
+  return sweep, runs
+
+
+# ----------------------------------------------------------------------------
+# Report.
+
+
+def summarize(name: str, sweep: list[dict], runs: list[dict], seeds: int) -> tuple[dict, dict]:
+  """(JSON summary, table row) of one optimizer's sweep and chosen-lr runs."""
+  valid = _common.mean_std(x['valid_bpc'][-1] for x in runs)
+  test = _common.mean_std(x['test_bpc'] for x in runs)
+  train = _common.mean_std(x['train_bpc'][-1] for x in runs)
+  summary = {
+    'optimizer': name,
+    'lr': runs[0]['lr'],
+    'valid_bpc_mean': valid[0],
+    'valid_bpc_std': valid[1],
+    'test_bpc_mean': test[0],
+    'test_bpc_std': test[1],
+    'train_bpc_mean': train[0],
+    'sweep': [{'lr': s['lr'], 'valid_bpc': s['valid_bpc'][-1]} for s in sweep],
+    'runs': runs,
+  }
+  row = {
+    'optimizer': name,
+    'lr sweep (valid bpc, seed 0)': ', '.join(
+      f'{s["lr"]:g}: {s["valid_bpc"][-1]:.3f}' for s in sweep
+    ),
+    'chosen lr': f'{runs[0]["lr"]:g}',
+    f'valid bpc ({_common.plural(seeds, "seed")})': _common.format_mean_std(*valid, 3),
+    'test bpc': _common.format_mean_std(*test, 3),
+    'train bpc (last segment)': f'{train[0]:.3f}',
+    'time/run (s)': f'{np.mean([x["wall_s"] for x in runs]):.0f}',
+  }
+  return summary, row
+
+
+def notes(args: argparse.Namespace, corpus: Corpus, wall: float) -> str:
+  """How the table was made, for results.md."""
+  text, files = corpus.text, corpus.files
+  return (
+    f'Python {sys.version.split()[0]} standard library: train '
+    f'{len(text["train"])} bytes ({_common.plural(len(files["train"]), "file")}), valid '
+    f'{len(text["valid"])} ({len(files["valid"])}), test {len(text["test"])} '
+    f'({len(files["test"])}); vocab {corpus.vocab}. 1-layer LSTM, embed '
+    f'{args.embed}, hidden {args.hidden}; {_common.plural(args.epochs, "epoch")} of batch '
+    f'{args.batch_size} x {args.seq_len} bytes, evaluated '
+    f'{_common.plural(args.evals_per_epoch, "time")} per epoch (train bpc: mean over the '
+    'steps since the previous evaluation); clip 0.25. LR chosen per '
+    'optimizer by final validation bpc of seed 0 over its grid (same '
+    'budget for every grid point), then run with seeds '
+    f'0..{args.seeds - 1}. AdaBelief eps = eps_root = 1e-16; Adam eps 1e-8; '
+    f'SGD momentum 0.9. Total wall time {wall:.0f} s.'
+  )
+
+
 # ----------------------------------------------------------------------------
 # Main.
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
-  )
+  parser = _common.make_parser(__doc__)
   _common.add_common_args(
-    parser,
-    epochs=3,
-    seeds=2,
-    batch_size=32,
-    out=os.path.join('results', 'lstm_lm'),
-    optimizers=list(OPTIMIZERS),
+    parser, name='lstm_lm', seeds=2, optimizers=list(OPTIMIZERS), epochs=3, batch_size=32
   )
   for name, (grid, _) in OPTIMIZERS.items():
     parser.add_argument(
       f'--lrs-{name}',
-      type=_common.comma_list(),
+      type=_common.positive_floats,
       default=grid,
       help=f'learning-rate grid for {name} (default: %(default)s)',
     )
-  parser.add_argument(
-    '--seq-len', type=int, default=64, help='bytes per training window (default: %(default)s)'
+  _common.add_positive_ints(
+    parser,
+    [
+      ('--seq-len', 64, 'bytes per training window'),
+      ('--embed', 32, 'embedding size'),
+      ('--hidden', 128, 'LSTM hidden size'),
+      ('--train-kb', 512, 'training text, KiB'),
+      ('--eval-kb', 64, 'validation and test text each, KiB'),
+      ('--evals-per-epoch', 4, 'validation evaluations per epoch'),
+      ('--file-kb', 8, 'at most this many KiB from each file'),
+    ],
   )
-  parser.add_argument('--embed', type=int, default=32, help='embedding size (default: %(default)s)')
-  parser.add_argument(
-    '--hidden', type=int, default=128, help='LSTM hidden size (default: %(default)s)'
-  )
-  parser.add_argument(
-    '--train-kb', type=int, default=512, help='training text, KiB (default: %(default)s)'
-  )
-  parser.add_argument(
-    '--eval-kb',
-    type=int,
-    default=64,
-    help='validation and test text each, KiB (default: %(default)s)',
-  )
-  parser.add_argument(
-    '--evals-per-epoch',
-    type=int,
-    default=4,
-    help='validation evaluations per epoch (default: %(default)s)',
-  )
-  parser.add_argument(
-    '--file-kb',
-    type=int,
-    default=8,
-    help='at most this many KiB from each file (default: %(default)s)',
-  )
-  args = parser.parse_args(argv)
-  for name in OPTIMIZERS:
-    key = f'lrs_{name}'
-    try:
-      setattr(args, key, [float(v) for v in getattr(args, key)])
-    except ValueError as error:
-      raise SystemExit(f'--lrs-{name}: {error}') from error
-    if min(getattr(args, key)) <= 0:
-      raise SystemExit(f'--lrs-{name}: learning rates must be > 0')
-  _common.check_positive(
-    args,
-    'epochs',
-    'seeds',
-    'batch_size',
-    'seq_len',
-    'embed',
-    'hidden',
-    'train_kb',
-    'eval_kb',
-    'file_kb',
-    'evals_per_epoch',
-  )
-  return args
+  return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
-  text, files = stdlib_splits(args.train_kb, args.eval_kb, args.file_kb)
-  ids, vocab = encode(text)
-  data = {split: windows(v, args.seq_len) for split, v in ids.items()}
-  if args.batch_size > len(data['train'][0]):
-    raise SystemExit(f'--batch-size must be <= {len(data["train"][0])}')
-  print(
-    f'stdlib source ({os.path.dirname(os.__file__)}): '
-    + ', '.join(f'{s} {len(text[s]) // 1024} KiB ({len(files[s])} files)' for s in text)
-    + f'; vocab {vocab}; {args.epochs} epochs x '
-    f'{len(data["train"][0]) // args.batch_size} steps, batch '
-    f'{args.batch_size} x {args.seq_len}'
-  )
-
-  grids = {name: getattr(args, f'lrs_{name}') for name in args.optimizers}
-  total = args.epochs * args.evals_per_epoch * sum(len(g) + args.seeds - 1 for g in grids.values())
-  sweep, runs = {}, {}
+  corpus = load_corpus(args)
+  data, vocab = corpus.windows, corpus.vocab
+  grid_runs = sum(len(getattr(args, f'lrs_{name}')) + args.seeds - 1 for name in args.optimizers)
   start = time.perf_counter()
-  with tqdm(total=total, unit='eval', disable=args.no_progress) as progress:
-    for name, grid in grids.items():
-      sweep[name] = []
-      for lr in grid:  # Same budget for every grid point: seed 0, all epochs.
-        progress.set_description(f'{name} lr={lr:g} seed 0')
-        sweep[name].append(train_run(name, lr, 0, data, vocab, args, progress))
-      best = min(sweep[name], key=lambda r: r['valid_bpc'][-1])
-      runs[name] = [best]
-      for seed in range(1, args.seeds):
-        progress.set_description(f'{name} lr={best["lr"]:g} seed {seed}')
-        runs[name].append(train_run(name, best['lr'], seed, data, vocab, args, progress))
+  with _common.progress_bar(args.epochs * args.evals_per_epoch * grid_runs, 'eval', args) as bar:
+    trained = {name: sweep_and_rerun(name, data, vocab, args, bar) for name in args.optimizers}
   wall = time.perf_counter() - start
 
-  rows, summaries = [], []
-  for name in grids:
-    r = runs[name]
-    valid = _common.mean_std(x['valid_bpc'][-1] for x in r)
-    test = _common.mean_std(x['test_bpc'] for x in r)
-    train = _common.mean_std(x['train_bpc'][-1] for x in r)
-    summaries.append(
-      {
-        'optimizer': name,
-        'lr': r[0]['lr'],
-        'valid_bpc_mean': valid[0],
-        'valid_bpc_std': valid[1],
-        'test_bpc_mean': test[0],
-        'test_bpc_std': test[1],
-        'train_bpc_mean': train[0],
-        'sweep': [{'lr': s['lr'], 'valid_bpc': s['valid_bpc'][-1]} for s in sweep[name]],
-        'runs': r,
-      }
-    )
-    rows.append(
-      {
-        'optimizer': name,
-        'lr sweep (valid bpc, seed 0)': ', '.join(
-          f'{s["lr"]:g}: {s["valid_bpc"][-1]:.3f}' for s in sweep[name]
-        ),
-        'chosen lr': f'{r[0]["lr"]:g}',
-        f'valid bpc ({args.seeds} seeds)': _common.format_mean_std(*valid, 3),
-        'test bpc': _common.format_mean_std(*test, 3),
-        'train bpc (last segment)': f'{train[0]:.3f}',
-        'time/run (s)': f'{np.mean([x["wall_s"] for x in r]):.0f}',
-      }
-    )
-  table = _common.markdown_table(rows)
-  ranked = sorted(summaries, key=lambda s: s['test_bpc_mean'])
-  ranking = (
-    'Test bpc, best first: '
-    + ', '.join(f'{s["optimizer"]} {s["test_bpc_mean"]:.3f}' for s in ranked)
-    + '.'
+  summaries, rows = zip(
+    *(summarize(name, sweep, runs, args.seeds) for name, (sweep, runs) in trained.items())
   )
-  print('\n' + table + '\n\n' + ranking)
-
+  ranked = sorted(summaries, key=lambda s: s['test_bpc_mean'])
+  ranking = ', '.join(f'{s["optimizer"]} {s["test_bpc_mean"]:.3f}' for s in ranked)
   curves_path = _common.plot_curves(
     os.path.join(args.out, 'curves.png'),
     [
-      (
-        'train bits per char',
-        {s['optimizer']: [x['train_bpc'] for x in s['runs']] for s in summaries},
-      ),
-      (
-        'validation bits per char',
-        {s['optimizer']: [x['valid_bpc'] for x in s['runs']] for s in summaries},
-      ),
+      ('train bits per char', _common.curves(summaries, 'train_bpc')),
+      ('validation bits per char', _common.curves(summaries, 'valid_bpc')),
     ],
     xlabel=f'evaluation ({args.evals_per_epoch} per epoch)',
-    title=(f'char LSTM on stdlib source, chosen lr, mean ± std over {args.seeds} seed(s)'),
+    title='char LSTM on stdlib source, chosen lr, mean ± std over '
+    + _common.plural(args.seeds, 'seed'),
   )
-  notes = (
-    f'Python {sys.version.split()[0]} standard library: train '
-    f'{len(text["train"])} bytes ({len(files["train"])} files), valid '
-    f'{len(text["valid"])} ({len(files["valid"])}), test {len(text["test"])} '
-    f'({len(files["test"])}); vocab {vocab}. 1-layer LSTM, embed '
-    f'{args.embed}, hidden {args.hidden}; {args.epochs} epochs of batch '
-    f'{args.batch_size} x {args.seq_len} bytes, evaluated '
-    f'{args.evals_per_epoch} times per epoch (train bpc: mean over the '
-    'steps since the previous evaluation); clip 0.25. LR chosen per '
-    'optimizer by final validation bpc of seed 0 over its grid (same '
-    'budget for every grid point), then run with seeds '
-    f'0..{args.seeds - 1}. AdaBelief eps = eps_root = 1e-16; Adam eps 1e-8; '
-    f'SGD momentum 0.9. Total wall time {wall:.0f} s.\n\n{ranking}'
-    f'\n\n![curves]({os.path.basename(curves_path)})'
-  )
-  data_out = {
-    'config': vars(args),
-    'environment': _common.environment(),
-    'data': {s: {'bytes': len(text[s]), 'files': files[s]} for s in text} | {'vocab': vocab},
-    'wall_time_s': wall,
-    'results': summaries,
-  }
-  md_path, json_path = _common.write_results(
-    args.out,
+  return _common.report(
+    args,
     title='Character-level LSTM LM: AdaBelief vs. Adam vs. SGD',
-    table=table,
-    notes=notes,
-    data=data_out,
+    table=_common.table(rows),
+    notes=notes(args, corpus, wall),
+    findings=f'Test bpc, best first: {ranking}.',
+    plots=[curves_path],
+    data={s: {'bytes': len(b), 'files': corpus.files[s]} for s, b in corpus.text.items()}
+    | {'vocab': vocab},
+    wall_time_s=wall,
+    results=list(summaries),
   )
-  print(f'\nwrote {md_path}, {json_path}, {curves_path}')
-  return data_out
 
 
 if __name__ == '__main__':

@@ -65,11 +65,15 @@ OPTIMIZERS: dict[str, tuple[float, Callable[[float, float], optax.GradientTransf
 }
 
 
+# x_train, y_train, x_test, y_test.
+Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 # ----------------------------------------------------------------------------
 # Data and model.
 
 
-def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_data() -> Data:
   """Digits as (N, 8, 8, 1) float32 in [0, 1] and int32 labels; fixed split."""
   digits = load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]  # 0..16 -> 0..1
@@ -83,7 +87,7 @@ def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 class CNN(nnx.Module):
   """conv3x3(16) -> relu -> conv3x3(32) -> relu -> avgpool 2 -> dense(64) -> dense(10)."""
 
-  def __init__(self, *, rngs: nnx.Rngs, num_classes: int = 10):
+  def __init__(self, *, rngs: nnx.Rngs, num_classes: int = 10) -> None:
     self.conv1 = nnx.Conv(1, 16, kernel_size=(3, 3), rngs=rngs)
     self.conv2 = nnx.Conv(16, 32, kernel_size=(3, 3), rngs=rngs)
     self.dense1 = nnx.Linear(4 * 4 * 32, 64, rngs=rngs)
@@ -103,6 +107,7 @@ class CNN(nnx.Module):
 
 
 def loss_fn(model: CNN, x: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean cross-entropy of the batch."""
   logits = model(x)
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -117,11 +122,18 @@ def train_step(model: CNN, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array)
 
 @nnx.jit
 def accuracy(model: CNN, x: jax.Array, y: jax.Array) -> jax.Array:
+  """Fraction of ``x`` classified as ``y``; the whole test set in one call."""
   return jnp.mean(jnp.argmax(model(x), axis=-1) == y)
 
 
 def train_one(
-  tx: optax.GradientTransformation, seed: int, data, *, epochs: int, batch_size: int, progress: tqdm
+  tx: optax.GradientTransformation,
+  seed: int,
+  data: Data,
+  *,
+  epochs: int,
+  batch_size: int,
+  progress: tqdm,
 ) -> dict:
   """Trains a fresh model with ``tx``; per-epoch train loss and test accuracy.
 
@@ -150,7 +162,7 @@ def train_one(
   return {'seed': seed, 'train_loss': train_loss, 'test_acc': test_acc}
 
 
-def compile_steps(tx: optax.GradientTransformation, data, batch_size: int) -> float:
+def compile_steps(tx: optax.GradientTransformation, data: Data, batch_size: int) -> float:
   """Compiles train_step (for ``tx``) and accuracy on a throwaway model.
 
   Only so that the timings below separate compilation from training; the
@@ -170,6 +182,7 @@ def compile_steps(tx: optax.GradientTransformation, data, batch_size: int) -> fl
 
 
 def summarize(name: str, lr: float, runs: list[dict], wall: float, compile_time: float) -> dict:
+  """One optimizer's runs reduced to the numbers in the table (runs kept too)."""
   acc = np.array([r['test_acc'] for r in runs])  # (seeds, epochs)
   loss = np.array([r['train_loss'] for r in runs])
   mean_curve = acc.mean(axis=0)
@@ -189,21 +202,65 @@ def summarize(name: str, lr: float, runs: list[dict], wall: float, compile_time:
   }
 
 
+def train_optimizer(name: str, data: Data, args: argparse.Namespace, progress: tqdm) -> dict:
+  """Every seed of optimizer ``name``; its summary, with compile and train times apart."""
+  _, make_tx = OPTIMIZERS[name]
+  lr = getattr(args, f'lr_{name}')
+  tx = make_tx(lr, args.weight_decay)  # One tx per optimizer: one compile.
+  compile_time = compile_steps(tx, data, args.batch_size)
+  start = time.perf_counter()
+  runs = []
+  for seed in range(args.seeds):
+    progress.set_description(f'{name} seed {seed}')
+    runs.append(
+      train_one(tx, seed, data, epochs=args.epochs, batch_size=args.batch_size, progress=progress)
+    )
+  return summarize(name, lr, runs, time.perf_counter() - start, compile_time)
+
+
+# ----------------------------------------------------------------------------
+# Report.
+
+
+def results_table(summaries: list[dict], seeds: int) -> str:
+  rows = [
+    {
+      'optimizer': s['optimizer'],
+      'lr': s['learning_rate'],
+      f'test acc (mean ± std, {_common.plural(seeds, "seed")})': _common.format_mean_std(
+        s['test_acc_mean'], s['test_acc_std']
+      ),
+      'best epoch (acc)': f'{s["best_epoch"]} ({s["best_test_acc_mean"]:.4f})',
+      'final train loss': f'{s["final_train_loss_mean"]:.4g}',
+      'train time (s)': f'{s["train_time_s"]:.1f}',
+      'compile (s)': f'{s["compile_time_s"]:.1f}',
+    }
+    for s in summaries
+  ]
+  return _common.table(rows)
+
+
+def notes(args: argparse.Namespace, data: Data) -> str:
+  """How the table was made, for results.md."""
+  return (
+    f'Flax NNX CNN on scikit-learn `load_digits` (8x8), {len(data[0])} train / '
+    f'{len(data[2])} test images; {_common.plural(args.epochs, "epoch")}, batch '
+    f'{args.batch_size}, seeds 0..{args.seeds - 1}. Test accuracy after the last epoch; best '
+    'epoch maximizes the seed-mean test accuracy; train time is the wall time of all seeds '
+    '(per-epoch evaluation included), compile the one-off compilation. AdaBelief: '
+    f'eps=eps_root=1e-8, decoupled weight decay {args.weight_decay}; AdamW: weight decay '
+    f'{args.weight_decay}.'
+  )
+
+
 # ----------------------------------------------------------------------------
 # Main.
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
-  )
+  parser = _common.make_parser(__doc__)
   _common.add_common_args(
-    parser,
-    epochs=40,
-    seeds=3,
-    batch_size=32,
-    out=os.path.join('results', 'quickstart'),
-    optimizers=list(OPTIMIZERS),
+    parser, name='quickstart', seeds=3, optimizers=list(OPTIMIZERS), epochs=40, batch_size=32
   )
   for name, (lr, _) in OPTIMIZERS.items():
     parser.add_argument(
@@ -218,9 +275,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     default=1e-4,
     help='decoupled weight decay of adamw and adabelief (default: %(default)s)',
   )
-  args = parser.parse_args(argv)
-  _common.check_positive(args, 'epochs', 'seeds', 'batch_size')
-  return args
+  return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -230,80 +285,34 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     raise SystemExit(f'--batch-size must be <= {len(data[0])}')
   print(
     f'digits: {len(data[0])} train / {len(data[2])} test images, '
-    f'{args.epochs} epochs x {args.seeds} seeds, batch {args.batch_size}, '
-    f'device {jax.devices()[0].device_kind}'
+    f'{_common.plural(args.epochs, "epoch")} x {_common.plural(args.seeds, "seed")}, '
+    f'batch {args.batch_size}, device {jax.devices()[0].device_kind}'
   )
 
   # One-off start-up cost of the first compilation in a process (a few
   # seconds), paid here so that it is not billed to the first optimizer.
   compile_steps(optax.identity(), data, args.batch_size)
-
-  summaries = []
   total = len(args.optimizers) * args.seeds * args.epochs
-  with tqdm(total=total, unit='epoch', disable=args.no_progress) as progress:
-    for name in args.optimizers:
-      _, make_tx = OPTIMIZERS[name]
-      lr = getattr(args, f'lr_{name}')
-      tx = make_tx(lr, args.weight_decay)  # One tx per optimizer: one compile.
-      compile_time = compile_steps(tx, data, args.batch_size)
-      start = time.perf_counter()
-      runs = []
-      for seed in range(args.seeds):
-        progress.set_description(f'{name} seed {seed}')
-        runs.append(
-          train_one(
-            tx, seed, data, epochs=args.epochs, batch_size=args.batch_size, progress=progress
-          )
-        )
-      summaries.append(summarize(name, lr, runs, time.perf_counter() - start, compile_time))
-
-  rows = [
-    {
-      'optimizer': s['optimizer'],
-      'lr': s['learning_rate'],
-      f'test acc (mean ± std, {args.seeds} seed{"s" * (args.seeds > 1)})': _common.format_mean_std(
-        s['test_acc_mean'], s['test_acc_std']
-      ),
-      'best epoch (acc)': f'{s["best_epoch"]} ({s["best_test_acc_mean"]:.4f})',
-      'final train loss': f'{s["final_train_loss_mean"]:.4g}',
-      'train time (s)': f'{s["train_time_s"]:.1f}',
-      'compile (s)': f'{s["compile_time_s"]:.1f}',
-    }
-    for s in summaries
-  ]
-  table = _common.markdown_table(rows)
-  print('\n' + table)
+  with _common.progress_bar(total, 'epoch', args) as progress:
+    summaries = [train_optimizer(name, data, args, progress) for name in args.optimizers]
 
   plot_path = _common.plot_curves(
     os.path.join(args.out, 'curves.png'),
     [
-      ('train loss', {s['optimizer']: [r['train_loss'] for r in s['runs']] for s in summaries}),
-      ('test accuracy', {s['optimizer']: [r['test_acc'] for r in s['runs']] for s in summaries}),
+      ('train loss', _common.curves(summaries, 'train_loss')),
+      ('test accuracy', _common.curves(summaries, 'test_acc')),
     ],
     log_y=[True, False],
-    title=f'load_digits CNN, mean ± std over {args.seeds} seed(s)',
+    title=f'load_digits CNN, mean ± std over {_common.plural(args.seeds, "seed")}',
   )
-  notes = (
-    f'Flax NNX CNN on scikit-learn `load_digits` (8x8), {len(data[0])} train / '
-    f'{len(data[2])} test images; {args.epochs} epochs, batch {args.batch_size}, '
-    f'seeds 0..{args.seeds - 1}. Test accuracy after the last epoch; best epoch '
-    'maximizes the seed-mean test accuracy; train time is the wall time of all '
-    'seeds (per-epoch evaluation included), compile the one-off compilation. AdaBelief: eps=eps_root=1e-8, decoupled weight '
-    f'decay {args.weight_decay}; AdamW: weight decay {args.weight_decay}.'
-    f'\n\n![curves]({os.path.basename(plot_path)})'
-  )
-  md_path, json_path = _common.write_results(
-    args.out,
+  _common.report(
+    args,
     title='Quickstart: AdaBelief vs. Adam, AdamW, SGD',
-    table=table,
-    notes=notes,
-    data={
-      'config': {k: v for k, v in vars(args).items()},
-      'environment': _common.environment(),
-      'results': summaries,
-    },
+    table=results_table(summaries, args.seeds),
+    notes=notes(args, data),
+    plots=[plot_path],
+    results=summaries,
   )
-  print(f'\nwrote {md_path}, {json_path}, {plot_path}')
   return summaries
 
 

@@ -44,7 +44,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import _common
 import jax
@@ -55,36 +55,44 @@ from tqdm.auto import tqdm
 
 import adabelief_jax
 
+if TYPE_CHECKING:
+  from matplotlib.axes import Axes
+
+# A point (x, y): one array of shape (2,), or a pair of same-shape arrays (a grid).
+Point = jax.Array | tuple[jax.Array, jax.Array]
+
 
 class Problem(NamedTuple):
+  """A 2-D test function with where to start, where its minimum is and what to plot."""
+
   label: str
-  f: Callable[[jax.Array], jax.Array]  # f(p) with p = (x, y) (arrays allowed).
+  f: Callable[[Point], jax.Array]
   start: tuple[float, float]
   optimum: tuple[float, float]
   box: tuple[float, float, float, float]  # xmin, xmax, ymin, ymax for plots.
 
 
-def _abs(p):
+def _abs(p: Point) -> jax.Array:
   x, y = p
   return jnp.abs(x) + jnp.abs(y)
 
 
-def _abs_rotated(p):
+def _abs_rotated(p: Point) -> jax.Array:
   x, y = p
   return jnp.abs(x + y) + jnp.abs(x - y) / 10
 
 
-def _quadratic(p):
+def _quadratic(p: Point) -> jax.Array:
   x, y = p
   return (x + y) ** 2 + (x - y) ** 2 / 10
 
 
-def _beale(p):
+def _beale(p: Point) -> jax.Array:
   x, y = p
   return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
-def _rosenbrock(p):
+def _rosenbrock(p: Point) -> jax.Array:
   x, y = p
   return (1 - x) ** 2 + 100 * (y - x**2) ** 2
 
@@ -127,10 +135,12 @@ def trajectories(
   make_tx = OPTIMIZERS[optimizer]
   grad = jax.grad(problem.f)
 
-  def run(lr, p0):
+  def run(lr: jax.Array, p0: jax.Array) -> jax.Array:
     tx = make_tx(lr)
 
-    def step(carry, _):
+    def step(
+      carry: tuple[jax.Array, optax.OptState], _: None
+    ) -> tuple[tuple[jax.Array, optax.OptState], jax.Array]:
       p, state = carry
       updates, state = tx.update(grad(p), state, p)
       p = optax.apply_updates(p, updates)
@@ -171,6 +181,8 @@ def starts_for(problem: Problem, seeds: int) -> np.ndarray:
 
 
 class Stats(NamedTuple):
+  """How one learning rate did from every start."""
+
   lr: float
   steps: np.ndarray  # (seeds,) step from which within tol, inf if never.
   final: np.ndarray  # (seeds,) final distance (inf if diverged).
@@ -185,7 +197,7 @@ class Stats(NamedTuple):
   def median_final(self) -> float:
     return float(np.median(self.final))
 
-  def key(self) -> tuple:
+  def key(self) -> tuple[int, float, float]:
     """Sort key: most starts reached, then fewest steps, then closest."""
     return (-self.reached, self.median_steps(), self.median_final())
 
@@ -209,10 +221,131 @@ class Stats(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
+# Experiment: every optimizer on every problem, over the learning-rate grid.
+
+
+def compare(
+  problem: Problem, opt: str, lrs: np.ndarray, starts: np.ndarray, args: argparse.Namespace
+) -> dict:
+  """``opt`` on ``problem`` from every start at every lr: stats at the shared and best lr.
+
+  Also keeps the canonical start's paths at those two learning rates, and its
+  distances at the best one, for the plots.
+  """
+  shared = int(np.argmin(np.abs(lrs - args.lr)))
+  paths = trajectories(problem, opt, lrs, starts, args.steps)
+  dist = distances(paths, problem.optimum)  # (lr, seed, t)
+  hits = settle_step(dist, args.tol)  # (lr, seed)
+  grid = [Stats(float(lr), hits[i], dist[i, :, -1]) for i, lr in enumerate(lrs)]
+  best = min(range(len(lrs)), key=lambda i: grid[i].key())
+  return {
+    'shared': grid[shared],
+    'tuned': grid[best],
+    'grid': grid,
+    'shared_path': paths[shared, 0],
+    'tuned_path': paths[best, 0],
+    'tuned_dist': dist[best, 0],
+  }
+
+
+def run_all(args: argparse.Namespace, lrs: np.ndarray, progress: tqdm) -> dict:
+  """{problem: {'starts', 'optimizers': {optimizer: :func:`compare`'s entry}}}."""
+  results: dict = {}
+  for name in args.problems:
+    problem = PROBLEMS[name]
+    starts = starts_for(problem, args.seeds)
+    results[name] = {'starts': starts, 'optimizers': {}}
+    for opt in args.optimizers:
+      progress.set_description(f'{name} {opt}')
+      results[name]['optimizers'][opt] = compare(problem, opt, lrs, starts, args)
+      progress.update()
+  return results
+
+
+# ----------------------------------------------------------------------------
+# Report.
+
+
+def results_table(results: dict, args: argparse.Namespace) -> str:
+  rows = [
+    {
+      'function': PROBLEMS[name].label,
+      'optimizer': opt,
+      f'steps to {args.tol:g} (lr {args.lr:g})': r['shared'].steps_text(),
+      f'final dist (lr {args.lr:g})': f'{r["shared"].median_final():.2g}',
+      'best lr': f'{r["tuned"].lr:g}',
+      'steps (best lr)': r['tuned'].steps_text(),
+      'final dist (best lr)': f'{r["tuned"].median_final():.2g}',
+    }
+    for name, entry in results.items()
+    for opt, r in entry['optimizers'].items()
+  ]
+  return _common.table(rows)
+
+
+def summary_lines(results: dict, lr: float) -> list[str]:
+  """On how many problems AdaBelief reaches the tolerance no later than Adam."""
+  lines = []
+  for which, text in (('shared', f'shared lr {lr:g}'), ('tuned', 'tuned lr')):
+    pairs = [
+      (entry['optimizers']['adabelief'][which], entry['optimizers']['adam'][which])
+      for entry in results.values()
+      if {'adabelief', 'adam'} <= entry['optimizers'].keys()
+    ]
+    if pairs:
+      wins = sum(ours.key()[:2] <= adam.key()[:2] for ours, adam in pairs)
+      lines.append(
+        f'AdaBelief reaches the tolerance from at least as many starts and '
+        f'no later (median) than Adam on {wins}/{len(pairs)} functions ({text}).'
+      )
+  return lines
+
+
+def notes(args: argparse.Namespace, lrs: np.ndarray, wall: float) -> str:
+  """How the table was made, for results.md."""
+  seeds_text = (
+    f'medians over {args.seeds} starts (seed 0 canonical, others perturbed by N(0, 0.25^2))'
+    if args.seeds > 1
+    else 'the canonical start'
+  )
+  return (
+    f'{_common.plural(args.steps, "step")} per run; steps = first step from which the '
+    f'iterate stays within {args.tol:g} (Euclidean) of the optimum until the '
+    f'end of the run, {seeds_text}. "lr {args.lr:g}" is the '
+    'shared learning rate of the paper-style comparison; "best lr" is each '
+    f"optimizer's best of the same grid {[float(v) for v in lrs]} (most "
+    'starts reached, then fewest steps, then final distance). SGD: momentum '
+    '0.9; Adam: eps 1e-8; AdaBelief: eps = eps_root = 1e-16; betas (0.9, '
+    f'0.999) for both. Wall time {wall:.1f} s.'
+  )
+
+
+def to_json(results: dict) -> dict:
+  """The results without the plots' paths: stats at the shared, best and every lr."""
+  return {
+    name: {
+      'function': PROBLEMS[name].label,
+      'optimum': PROBLEMS[name].optimum,
+      'starts': entry['starts'],
+      'optimizers': {
+        opt: {
+          'shared': r['shared'].to_json(),
+          'tuned': r['tuned'].to_json(),
+          'grid': [s.to_json() for s in r['grid']],
+        }
+        for opt, r in entry['optimizers'].items()
+      },
+    }
+    for name, entry in results.items()
+  }
+
+
+# ----------------------------------------------------------------------------
 # Plots.
 
 
-def _contour(ax, problem: Problem) -> None:
+def _contour(ax: Axes, problem: Problem) -> None:
+  """The function's log-scaled level sets over its box, and a star at the optimum."""
   x0, x1, y0, y1 = problem.box
   xs, ys = np.meshgrid(np.linspace(x0, x1, 241), np.linspace(y0, y1, 241))
   z = np.asarray(problem.f((jnp.asarray(xs), jnp.asarray(ys))), np.float64)
@@ -227,13 +360,40 @@ def _contour(ax, problem: Problem) -> None:
   ax.set_aspect('equal', adjustable='box')
 
 
-def plot_trajectories(path: str, results: dict, steps: int) -> str:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
+def _draw_path(ax: Axes, opt: str, stats: Stats, path_xy: np.ndarray) -> None:
+  """One trajectory, with markers after 100 and 1000 steps to show its speed."""
+  color = COLORS.get(opt)
+  ax.plot(
+    path_xy[:, 0],
+    path_xy[:, 1],
+    color=color,
+    lw=1.2,
+    ls=STYLES.get(opt, '-'),
+    label=f'{opt} (lr {stats.lr:g})',
+    alpha=0.9,
+  )
+  for t, marker in ((100, 'o'), (1000, 'X')):
+    if t < len(path_xy):
+      ax.plot(
+        *path_xy[t],
+        marker=marker,
+        ms=5,
+        color=color,
+        markeredgecolor='black',
+        markeredgewidth=0.4,
+        zorder=4,
+      )
 
+
+def plot_trajectories(path: str, results: dict, steps: int) -> str:
+  """Contours with each optimizer's path: shared lr on top, best lr below."""
   names = list(results)
-  fig = Figure(figsize=(3.1 * len(names), 6.4), layout='constrained')
-  FigureCanvasAgg(fig)
+  fig = _common.figure(
+    3.1 * len(names),
+    6.4,
+    f'{_common.plural(steps, "step")} from the same start (black square); star: '
+    'optimum; o / X: position after 100 / 1000 steps',
+  )
   axes = fig.subplots(2, len(names), squeeze=False)
   for col, name in enumerate(names):
     problem = PROBLEMS[name]
@@ -241,51 +401,25 @@ def plot_trajectories(path: str, results: dict, steps: int) -> str:
       ax = axes[row, col]
       _contour(ax, problem)
       for opt, entry in results[name]['optimizers'].items():
-        stats, path_xy = entry[which], entry[f'{which}_path']
-        ax.plot(
-          path_xy[:, 0],
-          path_xy[:, 1],
-          color=COLORS.get(opt),
-          lw=1.2,
-          ls=STYLES.get(opt, '-'),
-          label=f'{opt} (lr {stats.lr:g})',
-          alpha=0.9,
-        )
-        for t, marker in ((100, 'o'), (1000, 'X')):  # Speed along the path.
-          if t < len(path_xy):
-            ax.plot(
-              *path_xy[t],
-              marker=marker,
-              ms=5,
-              color=COLORS.get(opt),
-              markeredgecolor='black',
-              markeredgewidth=0.4,
-              zorder=4,
-            )
+        _draw_path(ax, opt, entry[which], entry[f'{which}_path'])
       ax.plot(*problem.start, marker='s', ms=5, color='black')
       ax.legend(fontsize=6.5, loc='best', framealpha=0.8)
       if row == 0:
         ax.set_title(problem.label, fontsize=10)
       ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel('shared lr', fontsize=10)
-    axes[1, 0].set_ylabel('tuned lr (best of grid)', fontsize=10)
-  fig.suptitle(
-    f'{steps} steps from the same start (black square); star: '
-    'optimum; o / X: position after 100 / 1000 steps',
-    fontsize=10,
-  )
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
-  return path
+  axes[0, 0].set_ylabel('shared lr', fontsize=10)
+  axes[1, 0].set_ylabel('tuned lr (best of grid)', fontsize=10)
+  return _common.save_figure(fig, path, dpi=80)
 
 
 def plot_distances(path: str, results: dict, tol: float) -> str:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
+  """Distance to the optimum against steps (log-log) at each optimizer's best lr."""
   names = list(results)
-  fig = Figure(figsize=(3.1 * len(names), 2.9), layout='constrained')
-  FigureCanvasAgg(fig)
+  fig = _common.figure(
+    3.1 * len(names),
+    2.9,
+    'Tuned lr, canonical start; dotted: tolerance; distances below 1e-8 drawn at 1e-8',
+  )
   axes = fig.subplots(1, len(names), squeeze=False)[0]
   for ax, name in zip(axes, names):
     for opt, entry in results[name]['optimizers'].items():
@@ -308,12 +442,7 @@ def plot_distances(path: str, results: dict, tol: float) -> str:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6.5)
   axes[0].set_ylabel('distance to optimum', fontsize=8)
-  fig.suptitle(
-    'Tuned lr, canonical start; dotted: tolerance; distances below 1e-8 drawn at 1e-8', fontsize=10
-  )
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
-  return path
+  return _common.save_figure(fig, path, dpi=80)
 
 
 # ----------------------------------------------------------------------------
@@ -321,26 +450,21 @@ def plot_distances(path: str, results: dict, tol: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  parser = _common.make_parser(__doc__)
+  _common.add_common_args(
+    parser,
+    name='toy_2d',
+    seeds=5,
+    seeds_help='starting points per problem: seed 0 is the canonical start, others perturb it',
+    optimizers=list(OPTIMIZERS),
   )
-  parser.add_argument(
-    '--steps', type=int, default=10000, help='optimizer steps per trajectory (default: %(default)s)'
-  )
-  parser.add_argument(
-    '--seeds',
-    type=int,
-    default=5,
-    help='starting points per problem: seed 0 is the '
-    'canonical start, others perturb it '
-    '(default: %(default)s)',
-  )
+  _common.add_positive_ints(parser, [('--steps', 10000, 'optimizer steps per trajectory')])
   parser.add_argument(
     '--lr', type=float, default=1e-3, help='the shared learning rate (default: %(default)s)'
   )
   parser.add_argument(
     '--lrs',
-    type=_common.comma_list(),
+    type=_common.positive_floats,
     default=DEFAULT_LRS,
     help='learning-rate grid for the tuned comparison (default: %(default)s)',
   )
@@ -354,157 +478,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     '--problems',
     type=_common.comma_list(PROBLEMS),
     default=list(PROBLEMS),
-    help='comma-separated subset of: ' + ','.join(PROBLEMS),
+    help='comma-separated subset of: ' + ','.join(PROBLEMS) + ' (default: all)',
   )
-  parser.add_argument(
-    '--optimizers',
-    type=_common.comma_list(OPTIMIZERS),
-    default=list(OPTIMIZERS),
-    help='comma-separated subset of: ' + ','.join(OPTIMIZERS),
-  )
-  parser.add_argument(
-    '--out',
-    default=os.path.join('results', 'toy_2d'),
-    help='output directory (default: %(default)s)',
-  )
-  parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
   args = parser.parse_args(argv)
-  if isinstance(args.lrs, str):  # The default is not parsed by argparse.
-    args.lrs = _common.comma_list()(args.lrs)
-  try:
-    args.lrs = sorted({float(v) for v in args.lrs} | {args.lr})
-  except ValueError as error:
-    raise SystemExit(f'--lrs: {error}') from error
-  if min(args.lrs) <= 0 or args.tol <= 0:
-    raise SystemExit('learning rates and --tol must be > 0')
-  _common.check_positive(args, 'steps', 'seeds')
+  if args.lr <= 0 or args.tol <= 0:
+    raise SystemExit('--lr and --tol must be > 0')
+  args.lrs = sorted(set(args.lrs) | {args.lr})  # The shared lr is a grid point too.
   return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
   lrs = np.asarray(args.lrs, np.float64)
-  shared_index = int(np.argmin(np.abs(lrs - args.lr)))
   print(
-    f'toy 2-D: {len(args.problems)} problems x {len(args.optimizers)} '
-    f'optimizers x {len(lrs)} learning rates x {args.seeds} start(s), '
-    f'{args.steps} steps, tolerance {args.tol:g}'
+    f'toy 2-D: {_common.plural(len(args.problems), "problem")} x '
+    f'{_common.plural(len(args.optimizers), "optimizer")} x '
+    f'{_common.plural(len(lrs), "learning rate")} x {_common.plural(args.seeds, "start")}, '
+    f'{_common.plural(args.steps, "step")}, tolerance {args.tol:g}'
   )
-
-  results: dict = {}
   start_time = time.perf_counter()
   total = len(args.problems) * len(args.optimizers)
-  with tqdm(total=total, unit='run', disable=args.no_progress) as progress:
-    for name in args.problems:
-      problem = PROBLEMS[name]
-      starts = starts_for(problem, args.seeds)
-      results[name] = {'starts': starts, 'optimizers': {}}
-      for opt in args.optimizers:
-        progress.set_description(f'{name} {opt}')
-        paths = trajectories(problem, opt, lrs, starts, args.steps)
-        dist = distances(paths, problem.optimum)  # (lr, seed, t)
-        hits = settle_step(dist, args.tol)  # (lr, seed)
-        grid = [Stats(float(lr), hits[i], dist[i, :, -1]) for i, lr in enumerate(lrs)]
-        best = min(range(len(lrs)), key=lambda i: grid[i].key())
-        results[name]['optimizers'][opt] = {
-          'shared': grid[shared_index],
-          'tuned': grid[best],
-          'grid': grid,
-          'shared_path': paths[shared_index, 0],
-          'tuned_path': paths[best, 0],
-          'tuned_dist': dist[best, 0],
-        }
-        progress.update()
+  with _common.progress_bar(total, 'run', args) as progress:
+    results = run_all(args, lrs, progress)
   wall = time.perf_counter() - start_time
 
-  rows = []
-  for name, entry in results.items():
-    for opt, r in entry['optimizers'].items():
-      rows.append(
-        {
-          'function': PROBLEMS[name].label,
-          'optimizer': opt,
-          f'steps to {args.tol:g} (lr {args.lr:g})': r['shared'].steps_text(),
-          f'final dist (lr {args.lr:g})': f'{r["shared"].median_final():.2g}',
-          'best lr': f'{r["tuned"].lr:g}',
-          'steps (best lr)': r['tuned'].steps_text(),
-          'final dist (best lr)': f'{r["tuned"].median_final():.2g}',
-        }
-      )
-  table = _common.markdown_table(rows)
-
-  def faster(which: str) -> tuple[int, int]:
-    """(#problems where AdaBelief reaches no later than Adam, #compared)."""
-    wins = n = 0
-    for entry in results.values():
-      opts = entry['optimizers']
-      if 'adabelief' in opts and 'adam' in opts:
-        n += 1
-        wins += opts['adabelief'][which].key()[:2] <= opts['adam'][which].key()[:2]
-    return wins, n
-
-  summary_lines = []
-  for which, text in (('shared', f'shared lr {args.lr:g}'), ('tuned', 'tuned lr')):
-    wins, n = faster(which)
-    if n:
-      summary_lines.append(
-        f'AdaBelief reaches the tolerance from at least as many starts and '
-        f'no later (median) than Adam on {wins}/{n} functions ({text}).'
-      )
-  summary = '\n'.join(summary_lines)
-  print('\n' + table + ('\n\n' + summary if summary else ''))
-
-  traj_path = plot_trajectories(os.path.join(args.out, 'trajectories.png'), results, args.steps)
-  dist_path = plot_distances(os.path.join(args.out, 'distance.png'), results, args.tol)
-  seeds_text = (
-    f'medians over {args.seeds} starts (seed 0 canonical, others perturbed by N(0, 0.25^2))'
-    if args.seeds > 1
-    else 'the canonical start'
-  )
-  notes = (
-    f'{args.steps} steps per run; steps = first step from which the '
-    f'iterate stays within {args.tol:g} (Euclidean) of the optimum until the '
-    f'end of the run, {seeds_text}. "lr {args.lr:g}" is the '
-    'shared learning rate of the paper-style comparison; "best lr" is each '
-    f"optimizer's best of the same grid {[float(v) for v in lrs]} (most "
-    'starts reached, then fewest steps, then final distance). SGD: momentum '
-    '0.9; Adam: eps 1e-8; AdaBelief: eps = eps_root = 1e-16; betas (0.9, '
-    f'0.999) for both. Wall time {wall:.1f} s.\n\n'
-    + summary
-    + f'\n\n![trajectories]({os.path.basename(traj_path)})\n\n'
-    f'![distance]({os.path.basename(dist_path)})'
-  )
-  data = {
-    'config': vars(args),
-    'environment': _common.environment(),
-    'wall_time_s': wall,
-    'summary': summary_lines,
-    'results': {
-      name: {
-        'function': PROBLEMS[name].label,
-        'optimum': PROBLEMS[name].optimum,
-        'starts': entry['starts'],
-        'optimizers': {
-          opt: {
-            'shared': r['shared'].to_json(),
-            'tuned': r['tuned'].to_json(),
-            'grid': [s.to_json() for s in r['grid']],
-          }
-          for opt, r in entry['optimizers'].items()
-        },
-      }
-      for name, entry in results.items()
-    },
-  }
-  md_path, json_path = _common.write_results(
-    args.out,
+  summary = summary_lines(results, args.lr)
+  plots = [
+    plot_trajectories(os.path.join(args.out, 'trajectories.png'), results, args.steps),
+    plot_distances(os.path.join(args.out, 'distance.png'), results, args.tol),
+  ]
+  return _common.report(
+    args,
     title='Toy 2-D problems: SGD vs. Adam vs. AdaBelief',
-    table=table,
-    notes=notes,
-    data=data,
+    table=results_table(results, args),
+    notes=notes(args, lrs, wall),
+    findings='\n'.join(summary),
+    plots=plots,
+    wall_time_s=wall,
+    summary=summary,
+    results=to_json(results),
   )
-  print(f'\nwrote {md_path}, {json_path}, {traj_path}, {dist_path}')
-  return data
 
 
 if __name__ == '__main__':

@@ -1,13 +1,22 @@
-"""Smoke tests of the example scripts: each runs in-process with tiny settings."""
+"""Smoke tests of the example scripts and of their shared helpers, examples/_common.py.
+
+Each script runs in-process with tiny settings.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
 import pytest
 
 from tests.helpers import json_numbers
+
+
+def _squeeze(text: str) -> str:
+  """``text`` with each run of white space made one space: tables pad their cells."""
+  return ' '.join(text.split())
 
 
 def test_quickstart_smoke(load_example, tmp_path, capsys):
@@ -49,8 +58,10 @@ def test_quickstart_smoke(load_example, tmp_path, capsys):
     # One epoch of training beats chance (0.1) on digits by a wide margin.
     assert result['test_acc_mean'] > 0.5
 
-  markdown = (out / 'results.md').read_text()
-  printed = capsys.readouterr().out
+  markdown = _squeeze((out / 'results.md').read_text())
+  printed = _squeeze(capsys.readouterr().out)
+  assert '1 epoch x 1 seed,' in printed and '(mean ± std, 1 seed)' in markdown
+  assert '1 seeds' not in printed + markdown and '1 epochs' not in printed + markdown
   for name in ('adabelief', 'sgd'):
     assert f'| {name} |' in markdown and f'| {name} |' in printed
   assert 'adam |' not in markdown
@@ -60,3 +71,42 @@ def test_quickstart_rejects_unknown_optimizer(load_example, tmp_path):
   quickstart = load_example('quickstart')
   with pytest.raises(SystemExit):
     quickstart.main(['--optimizers', 'adabelief,lion', '--out', str(tmp_path)])
+
+
+def test_float_list_parses_and_names_the_flag(load_example, capsys):
+  common = load_example('_common')
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--lrs', type=common.positive_floats, default='1e-3,1')
+  parser.add_argument('--b1s', type=common.float_list(lambda b1: 0 <= b1 < 1, 'in [0, 1)'))
+  assert parser.parse_args([]).lrs == [1e-3, 1.0]  # A string default is parsed too.
+  args = parser.parse_args(['--lrs', ' 3e-3, 1e-2,3e-3 ', '--b1s', '0,0.9'])
+  assert args.lrs == [3e-3, 1e-2] and args.b1s == [0.0, 0.9]
+  for flag, bad, reason in (
+    ('--lrs', '1e-3,-1', 'each value must be > 0'),
+    ('--lrs', '1e-3,fast', 'expected comma-separated numbers'),
+    ('--lrs', ',', 'expected at least one number'),
+    ('--b1s', '0.5,1', 'each value must be in [0, 1)'),
+  ):
+    with pytest.raises(SystemExit):
+      parser.parse_args([flag, bad])
+    assert f'argument {flag}: {reason}' in capsys.readouterr().err
+
+
+def test_plural(load_example):
+  common = load_example('_common')
+  assert common.plural(1, 'seed') == '1 seed'
+  assert common.plural(3, 'seed') == '3 seeds'
+  assert common.plural(0, 'epoch') == '0 epochs'
+
+
+def test_figure_title_fits_a_narrow_grid(load_example):
+  """A one-panel-wide figure wraps its title onto more lines, inside the image."""
+  common = load_example('_common')
+  title = 'Generator samples at the end (circles: 3 std around each mode)'
+  fig = common.figure(2.35, 4.0, title, title_size=9)
+  fig.canvas.draw()
+  (text,) = fig.texts
+  box = text.get_window_extent()
+  assert text.get_text().count('\n') >= 1 and text.get_text().replace('\n', ' ') == title
+  assert fig.get_size_inches()[1] > 4.0  # Room for the extra lines.
+  assert box.x0 >= 0 and box.x1 <= fig.bbox.width
