@@ -60,7 +60,7 @@ class StepScalars(NamedTuple):
     )
 
 
-def _log(decay: chex.Numeric) -> chex.Numeric:
+def _log(decay: chex.Numeric) -> float | jax.Array:
   """log(decay); exact in float64 for Python numbers, -inf for a zero decay."""
   if isinstance(decay, numbers.Real):
     return math.log(decay) if decay > 0 else -math.inf
@@ -109,7 +109,7 @@ def rho(b2: chex.Numeric, t: chex.Array) -> tuple[chex.Array, chex.Array]:
   return 2.0 / q - 1.0, rho_t
 
 
-def _rectification(hp: BeliefHyperparams, t: chex.Array) -> tuple[chex.Array, chex.Array]:
+def _rectification(hp: BeliefHyperparams, t: chex.Array) -> tuple[jax.Array, jax.Array]:
   """(r_t, whether step t is adaptive) of RAdam's variance rectification."""
   rho_inf, rho_t = rho(hp.b2, t)
   # rho_t is clamped so the formula stays finite (and differentiable) on steps
@@ -118,7 +118,7 @@ def _rectification(hp: BeliefHyperparams, t: chex.Array) -> tuple[chex.Array, ch
   r_t = jnp.sqrt(
     (rho_c - 4.0) * (rho_c - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_c)
   )
-  return r_t, rho_t >= hp.sma_threshold
+  return r_t, jnp.asarray(rho_t >= hp.sma_threshold)
 
 
 def step_scalars(count: chex.Array, hp: BeliefHyperparams) -> StepScalars:
@@ -133,8 +133,8 @@ def step_scalars(count: chex.Array, hp: BeliefHyperparams) -> StepScalars:
   else:
     mu_scale = 1.0 / bias_correction1
     grad_scale = jnp.zeros_like(t)
-  step_scale = sqrt_bias_correction2
-  eps_scaled = hp.eps * sqrt_bias_correction2
+  step_scale: chex.Numeric = sqrt_bias_correction2
+  eps_scaled: chex.Numeric = hp.eps * sqrt_bias_correction2
   adaptive = jnp.ones((), bool)
   sgd_scale = jnp.zeros_like(t)
   if hp.rectify:
@@ -144,11 +144,15 @@ def step_scalars(count: chex.Array, hp: BeliefHyperparams) -> StepScalars:
       eps_scaled = hp.eps * jnp.ones_like(t)
     sgd_scale = jnp.full_like(t, 1.0 if hp.degenerate_to_sgd else 0.0)
   return StepScalars(
-    *jax.tree.map(jnp.asarray, (hp.b1, hp.b2, 1.0 - hp.b1, 1.0 - hp.b2, hp.eps_root)),
-    mu_scale,
-    grad_scale,
-    step_scale,
-    eps_scaled,
-    adaptive,
-    sgd_scale,
+    b1=jnp.asarray(hp.b1),
+    b2=jnp.asarray(hp.b2),
+    one_minus_b1=jnp.asarray(1.0 - hp.b1),
+    one_minus_b2=jnp.asarray(1.0 - hp.b2),
+    eps_root=jnp.asarray(hp.eps_root),
+    mu_scale=jnp.asarray(mu_scale),
+    grad_scale=jnp.asarray(grad_scale),
+    step_scale=jnp.asarray(step_scale),
+    eps_scaled=jnp.asarray(eps_scaled),
+    adaptive=adaptive,
+    sgd_scale=sgd_scale,
   )

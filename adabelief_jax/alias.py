@@ -16,7 +16,8 @@ WeightDecayMode = Literal['decoupled', 'fixed', 'l2']
 WEIGHT_DECAY_MODES: tuple[str, ...] = get_args(WeightDecayMode)
 
 
-def _negated(value: optax.ScalarOrSchedule) -> optax.ScalarOrSchedule:
+def _negated(value: Any) -> Any:
+  """``-value`` for a number, ``lambda count: -value(count)`` for a schedule."""
   if callable(value):
     return lambda count: -value(count)
   return -value

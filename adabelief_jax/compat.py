@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -91,7 +93,7 @@ def _tf_learning_rate(
   decay_steps = max(total_steps - warmup_steps, 1.0)
   decay_rate = (min_lr - learning_rate) / decay_steps
 
-  def schedule(count: jax.Array) -> jax.Array:
+  def schedule(count: Any) -> jax.Array:
     t = count + 1.0  # The reference counts steps from 1, optax from 0.
     return jnp.where(
       t <= warmup_steps,

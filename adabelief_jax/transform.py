@@ -33,7 +33,7 @@ class ScaleByBeliefState(NamedTuple):
       configuration only, never on data.
   """
 
-  count: chex.Array
+  count: chex.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count.
   mu: optax.Updates
   nu: optax.Updates
   nu_max: optax.Updates
@@ -87,9 +87,22 @@ def _leaf_update(leaf: _Leaf, c: StepScalars, hp: BeliefHyperparams) -> _Leaf:
   return _Leaf(u, m_new, s_new, s_max)
 
 
+def _belief_state(state: optax.OptState) -> ScaleByBeliefState:
+  """``state``, after checking that it is a :class:`ScaleByBeliefState`."""
+  if not isinstance(state, ScaleByBeliefState):
+    raise TypeError(
+      f'scale_by_belief: the state must be the ScaleByBeliefState its init made, got '
+      f'{type(state).__name__}. Was it built by another optimizer, or restored from a '
+      'checkpoint without a target? Restore with the structure of tx.init(params) '
+      '(e.g. adabelief_jax.sharding.abstract_state) as target.'
+    )
+  return state
+
+
 def _leaves(updates: optax.Updates, state: ScaleByBeliefState, amsgrad: bool) -> list[_Leaf]:
   """The updates and the state, leaf by leaf, after checking that they match."""
-  treedef = jax.tree.structure(updates)
+  # Any: jaxlib ships no stubs for PyTreeDef's methods.
+  treedef: Any = jax.tree.structure(updates)
   if treedef != jax.tree.structure(state.mu):
     raise ValueError(
       'scale_by_belief: the updates do not have the structure of the '
@@ -138,11 +151,12 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     )
 
   def update_fn(
-    updates: optax.Updates, state: ScaleByBeliefState, params: optax.Params | None = None
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, ScaleByBeliefState]:
     del params
+    state = _belief_state(state)
     leaves = _leaves(updates, state, hp.amsgrad)
-    count = optax.safe_increment(state.count)
+    count = jnp.asarray(optax.safe_increment(state.count))
     new = _update_leaves(leaves, step_scalars(count, hp), hp)
     treedef = jax.tree.structure(updates)
 

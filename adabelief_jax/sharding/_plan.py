@@ -125,7 +125,7 @@ def _pmap_axis_names() -> tuple[str, ...]:
 def _leaf_mesh(leaf: Any, where: str, caller: str) -> Mesh | None:
   """The mesh of a param's NamedSharding; None if it has none or is replicated."""
   sharding = getattr(leaf, 'sharding', None)
-  if isinstance(sharding, NamedSharding):
+  if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
     return sharding.mesh
   if sharding is not None and not sharding.is_fully_replicated:
     raise TypeError(
@@ -238,8 +238,8 @@ def _leaf_plan(path: Any, leaf: Any, moment: _Moment | None, sharding: NamedShar
     path=jax.tree_util.keystr(path),
     shape=shape,
     dtype=leaf.dtype,
-    param=moment and moment.param,
-    param_spec=moment and moment.param_sharding.spec,
+    param=None if moment is None else moment.param,
+    param_spec=None if moment is None else moment.param_sharding.spec,
     spec=sharding.spec,
     bytes_per_device=shard_bytes(shape, leaf.dtype, sharding),
     note=moment.note if moment else '',
@@ -306,14 +306,14 @@ def plan(
     is_leaf=_is_masked,
   )
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-  flat_moments = treedef.flatten_up_to(placed)
+  flat_moments = treedef.flatten_up_to(placed)  # type: ignore[attr-defined]  # jaxlib has no stubs.
   replicated = NamedSharding(mesh, PartitionSpec())
   flat_shardings = [replicated if m is None else m.sharding for m in flat_moments]
   leaves = tuple(
     _leaf_plan(path, leaf, moment, sharding)
     for (path, leaf), moment, sharding in zip(paths_leaves, flat_moments, flat_shardings)
   )
-  result = ShardingPlan(mesh, shard_axis, leaves, treedef.unflatten(flat_shardings))
+  result = ShardingPlan(mesh, shard_axis, leaves, jax.tree.unflatten(treedef, flat_shardings))
   if warn:
     _warn_not_partitioned(result)
   return result
