@@ -36,17 +36,62 @@ def check_nonnegative(name: str, value: Any) -> None:
   check_scalar(name, value, lambda v: v >= 0.0, '>= 0')
 
 
-def check_state_dtype(name: str, dtype: Any) -> jnp.dtype | None:
-  """Returns ``dtype`` as a NumPy dtype (``None`` stays ``None``)."""
+_STATE_DTYPES = 'float32, bfloat16, float64, int8 (8-bit blocks)'
+
+
+def check_state_dtype(name: str, dtype: Any, *, real: bool) -> jnp.dtype | None:
+  """``dtype`` as a NumPy dtype (``None`` stays ``None``), if a moment can be stored so.
+
+  Floats of 16 bits or more (complex too, unless ``real``: ``s`` is real),
+  and int8 for 8-bit blocks. An 8-bit float would hold no moment well (the
+  tested 8-bit format is int8's), and a float16 ``s`` underflows: its smallest
+  value, 6e-8, is far above a typical ``(1 - b2) (g - m)^2``, and ``eps_root``
+  of 1e-16 is zero in it, the known cause of AdaBelief's fp16 blow-ups.
+  """
   if dtype is None:
     return None
+  if isinstance(dtype, jax.Array | np.ndarray):
+    raise ValueError(
+      f'{name} must be a dtype, got an array ({dtype!r}). optax.inject_hyperparams calls '
+      'a dtype class such as jnp.bfloat16 as if it were a schedule: pass the dtype as a '
+      f"string ({name}='bfloat16') or a jnp.dtype, or list {name!r} in static_args."
+    )
   try:
     canonical = jnp.dtype(dtype)
   except TypeError as error:
-    raise ValueError(f'{name} must be a floating dtype, got {dtype!r}.') from error
-  if not jnp.issubdtype(canonical, jnp.inexact):
-    raise ValueError(f'{name} must be a floating dtype, got {dtype!r}.')
+    raise ValueError(f'{name} must be one of {_STATE_DTYPES}; got {dtype!r}.') from error
+  if canonical == jnp.int8:
+    return canonical
+  if not jnp.issubdtype(canonical, jnp.inexact) or jnp.finfo(canonical).bits < 16:
+    raise ValueError(f'{name} must be one of {_STATE_DTYPES}; got {dtype!r}.')
+  if real and jnp.issubdtype(canonical, jnp.complexfloating):
+    raise ValueError(
+      f'{name} must be a real dtype (s is real for complex parameters); got {dtype!r}.'
+    )
+  if real and canonical == jnp.float16:
+    raise ValueError(
+      f'{name}=float16 would underflow: s values below 6e-8 (and eps_root) round to 0 in '
+      'float16, and the step m / sqrt(s) blows up. Use bfloat16 (stochastically rounded), '
+      'int8 or float32 for nu_dtype; float16 mu_dtype is fine.'
+    )
   return canonical
+
+
+def check_integer(name: str, value: Any, minimum: int) -> Any:
+  """A concrete ``value`` as a Python int >= ``minimum``; traced values as they are."""
+  if isinstance(value, jax.core.Tracer):
+    return value
+  array = np.asarray(value)
+  if (
+    array.ndim != 0
+    or array.dtype == np.bool_
+    or not np.issubdtype(array.dtype, np.number)
+    or not np.isfinite(array)
+    or array != np.round(array)
+    or array < minimum
+  ):
+    raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}.')
+  return int(array)
 
 
 def check_inexact_leaves(tree: Any, what: str) -> None:
@@ -59,4 +104,15 @@ def check_inexact_leaves(tree: Any, what: str) -> None:
         f'{dtype}; AdaBelief needs floating or complex leaves. Keep integer '
         'and boolean leaves out of the optimized tree, or exclude them with '
         'optax.masked.'
+      )
+
+
+def check_same_shapes(where: str, update: Any, moments: tuple[Any, ...]) -> None:
+  """Raises ``ValueError`` naming the leaf if a moment's shape is not the update's."""
+  for name, moment in zip(('mu', 'nu', 'nu_max'), moments):
+    if moment is not None and tuple(moment.shape) != tuple(update.shape):
+      raise ValueError(
+        f'scale_by_belief: updates{where or "<root>"} has shape {tuple(update.shape)} but '
+        f'state.{name}{where} has shape {tuple(moment.shape)}: the state was made for other '
+        'parameters. Build it with tx.init(params) for the parameters you update.'
       )

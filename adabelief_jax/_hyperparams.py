@@ -9,8 +9,9 @@ constructors of :mod:`adabelief_jax.compat` all build a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Any, TypedDict, TypeVar
 
 import chex
 import jax.numpy as jnp
@@ -42,6 +43,9 @@ class BeliefHyperparams:
   nesterov: bool = False
   mu_dtype: Any = None
   nu_dtype: Any = None
+  stochastic_rounding: bool = True
+  rounding_seed: int = 0  # A traced integer under optax.inject_hyperparams.
+  quantization_block_size: int = 256  # Likewise; 8-bit state then needs it static.
   torch_rectified_eps: bool = False
 
   def __post_init__(self) -> None:
@@ -50,22 +54,62 @@ class BeliefHyperparams:
     _checks.check_nonnegative('eps', self.eps)
     _checks.check_nonnegative('eps_root', self.eps_root)
     _checks.check_scalar('sma_threshold', self.sma_threshold, lambda v: v > 4.0, '> 4')
-    for name in ('mu_dtype', 'nu_dtype'):
-      object.__setattr__(self, name, _checks.check_state_dtype(name, getattr(self, name)))
-
-  @classmethod
-  def from_arguments(cls, arguments: Mapping[str, Any]) -> BeliefHyperparams:
-    """The record from a constructor's arguments (its ``locals()``).
-
-    Arguments that are not fields (``learning_rate``, ``weight_decay``...)
-    are left out, so a constructor whose signature lists the fields can pass
-    its arguments on without naming each one again.
-    """
-    names = {field.name for field in dataclasses.fields(cls)}
-    return cls(**{name: value for name, value in arguments.items() if name in names})
+    for name, real in (('mu_dtype', False), ('nu_dtype', True)):
+      dtype = _checks.check_state_dtype(name, getattr(self, name), real=real)
+      object.__setattr__(self, name, dtype)
+    # Integers used to shape arrays or seed the hash; optax.inject_hyperparams
+    # may hand them over as (traced) arrays, which are checked where used.
+    for name, minimum in (('rounding_seed', 0), ('quantization_block_size', 1)):
+      object.__setattr__(self, name, _checks.check_integer(name, getattr(self, name), minimum))
 
 
 DEFAULTS = BeliefHyperparams()
+
+
+class BeliefOptions(TypedDict, total=False):
+  """The keyword-only options of :func:`~adabelief_jax.scale_by_belief` and
+  :func:`~adabelief_jax.adabelief`, as a type for their ``**options``.
+
+  Their defaults are the fields of :class:`BeliefHyperparams`.
+  """
+
+  amsgrad: bool
+  rectify: bool
+  sma_threshold: chex.Numeric
+  degenerate_to_sgd: bool
+  nesterov: bool
+  mu_dtype: Any
+  nu_dtype: Any
+  stochastic_rounding: bool
+  rounding_seed: int
+  quantization_block_size: int
+
+
+F = TypeVar('F', bound=Callable[..., Any])
+
+
+def takes_belief_options(fn: F) -> F:
+  """Gives ``fn``'s ``**options`` the signature of :class:`BeliefOptions`.
+
+  ``inspect.signature(fn)`` (which ``optax.inject_hyperparams`` binds
+  arguments with, and the docs show) then lists each option as a keyword-only
+  parameter with its default, in place of ``**options``: the options are
+  listed once, in :class:`BeliefOptions`, whatever the number of
+  constructors that take them.
+  """
+  signature = inspect.signature(fn)
+  own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+  options = [
+    inspect.Parameter(
+      name,
+      inspect.Parameter.KEYWORD_ONLY,
+      default=getattr(DEFAULTS, name),
+      annotation=getattr(annotation, '__forward_arg__', annotation),  # As written.
+    )
+    for name, annotation in BeliefOptions.__annotations__.items()
+  ]
+  fn.__signature__ = signature.replace(parameters=own + options)  # type: ignore[attr-defined]
+  return fn
 
 
 def default_state_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:

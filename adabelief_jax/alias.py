@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Unpack, get_args
 
 import chex
 import optax
 
 from adabelief_jax import _checks
-from adabelief_jax._hyperparams import DEFAULTS, BeliefHyperparams
+from adabelief_jax._hyperparams import (
+  DEFAULTS,
+  BeliefHyperparams,
+  BeliefOptions,
+  takes_belief_options,
+)
 from adabelief_jax.transform import scale_by_belief_from
 
 WeightDecayMode = Literal['decoupled', 'fixed', 'l2']
@@ -34,7 +39,7 @@ def chain_with_weight_decay(
 
   The chain is ``[l2 decay] -> belief -> [decoupled decay] ->
   scale_by_learning_rate -> [fixed decay]``: the building block of
-  :func:`adabelief` and of :mod:`adabelief_jax.compat`.
+  :func:`~adabelief_jax.adabelief` and of :mod:`adabelief_jax.compat`.
   """
   _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_nonnegative('weight_decay', weight_decay)
@@ -56,6 +61,7 @@ def chain_with_weight_decay(
   )
 
 
+@takes_belief_options
 def adabelief(
   learning_rate: optax.ScalarOrSchedule,
   b1: chex.Numeric = DEFAULTS.b1,
@@ -66,13 +72,7 @@ def adabelief(
   weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
   *,
   weight_decay_mode: WeightDecayMode = 'decoupled',
-  amsgrad: bool = DEFAULTS.amsgrad,
-  rectify: bool = DEFAULTS.rectify,
-  sma_threshold: chex.Numeric = DEFAULTS.sma_threshold,
-  degenerate_to_sgd: bool = DEFAULTS.degenerate_to_sgd,
-  nesterov: bool = DEFAULTS.nesterov,
-  mu_dtype: Any = DEFAULTS.mu_dtype,
-  nu_dtype: Any = DEFAULTS.nu_dtype,
+  **options: Unpack[BeliefOptions],
 ) -> optax.GradientTransformationExtraArgs:
   r"""The AdaBelief optimizer (Zhuang et al., 2020) with weight decay.
 
@@ -120,7 +120,9 @@ def adabelief(
     >>> updates, state = tx.update({'w': jnp.ones(3)}, state, params)
     >>> params = optax.apply_updates(params, updates)
   """
-  belief = scale_by_belief_from(BeliefHyperparams.from_arguments(locals()))
+  belief = scale_by_belief_from(
+    BeliefHyperparams(b1=b1, b2=b2, eps=eps, eps_root=eps_root, **options)
+  )
   return chain_with_weight_decay(
     learning_rate, weight_decay, weight_decay_mask, weight_decay_mode, belief
   )

@@ -204,26 +204,75 @@ def resolve(value: ScalarOrSchedule, k: int) -> float:
   return float(np.asarray(v, dtype=np.float64))
 
 
-def round_to_format(x: np.ndarray, fmt: str | None) -> np.ndarray:
-  """``x`` as stored in ``fmt``, rounded to nearest (ties to even), in float64.
+SIGNIFICANT_BITS = {'bfloat16': 8, 'float32': 24}
+INT8_MIN_ELEMENTS = 4096  # Smaller leaves keep 8-bit state in float32.
+# (lowest code for a value, largest code L, power p): v = (c / L)^p.
+INT8_MAPS = {'signed': (0, 127, 2), 'nonnegative': (1, 255, 8)}
 
-  ``None`` stores ``x`` exactly. ``'bfloat16'`` keeps 8 significant bits and
-  the float32 exponent range (every value here is far from its limits): with
-  ``x = f 2^e``, ``0.5 <= |f| < 1``, it is ``round(f 2^8) 2^(e - 8)``.
+
+def round_to_format(
+  x: np.ndarray, fmt: str | None, kind: str = 'signed', block_size: int = 256
+) -> np.ndarray:
+  """``x`` as stored in ``fmt``, rounded to nearest, in float64.
+
+  ``None`` stores ``x`` exactly. ``'bfloat16'`` and ``'float32'`` keep 8 and
+  24 significant bits (ties to even) and the float32 exponent range (every
+  value here is far from its limits): with ``x = f 2^e``, ``0.5 <= |f| < 1``,
+  it is ``round(f 2^k) 2^(e - k)``. ``'int8'`` is block-wise 8-bit storage
+  (:func:`quantize_blocks`) for leaves of at least 4096 elements, float32 for
+  smaller ones.
 
   Args:
     x: A real float64 array.
-    fmt: ``None`` or ``'bfloat16'``.
+    fmt: ``None``, ``'bfloat16'``, ``'float32'`` or ``'int8'``.
+    kind: For ``'int8'``: ``'signed'`` (``m``) or ``'nonnegative'`` (``s``).
+    block_size: For ``'int8'``: elements per block along the last axis.
 
   Returns:
     The stored values, as float64.
   """
   if fmt is None:
     return x
-  if fmt != 'bfloat16':
-    raise ValueError(f'unknown storage format {fmt!r}')
+  if fmt == 'int8':
+    if x.ndim == 0 or x.size < INT8_MIN_ELEMENTS:
+      return round_to_format(x, 'float32')
+    return quantize_blocks(x, kind, block_size)
+  bits = SIGNIFICANT_BITS[fmt]
   fraction, exponent = np.frexp(x)
-  return np.ldexp(np.round(fraction * 2.0**8), exponent - 8)
+  return np.ldexp(np.round(fraction * 2.0**bits), exponent - bits)
+
+
+def quantize_blocks(x: np.ndarray, kind: str, block_size: int) -> np.ndarray:
+  """Block-wise 8-bit storage of ``x``, rounded to the nearest code value, decoded.
+
+  Each row of the last axis is cut into blocks of ``block_size`` elements (the
+  last one shorter if need be). A block's scale is its largest ``|x|``; each
+  element's scaled magnitude ``v = |x| / scale`` is stored as the code ``c``
+  whose value ``(c / L)^p`` is nearest to it (the lower code on a tie), among
+  codes from ``lowest`` to ``L`` (see :data:`INT8_MAPS`); the sign is kept.
+
+  Args:
+    x: A real float64 array of at least one dimension.
+    kind: ``'signed'`` or ``'nonnegative'``.
+    block_size: Elements per block.
+
+  Returns:
+    The decoded values, float64, shaped like ``x``.
+  """
+  lowest, levels, power = INT8_MAPS[kind]
+  values = (np.arange(levels + 1) / levels) ** power
+  rows = x.reshape(-1, x.shape[-1])
+  out = np.zeros_like(rows)
+  for r, row in enumerate(rows):
+    for start in range(0, row.size, block_size):
+      block = row[start : start + block_size]
+      scale = np.max(np.abs(block))
+      if scale == 0:
+        continue
+      v = np.abs(block) / scale
+      nearest = np.argmin(np.abs(v[:, None] - values[None, lowest:]), axis=1) + lowest
+      out[r, start : start + block_size] = np.sign(block) * values[nearest] * scale
+  return out.reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -271,6 +320,7 @@ def leaf_direction(
   torch_rectified_eps: bool = False,
   mu_format: str | None = None,
   nu_format: str | None = None,
+  quantization_block_size: int = 256,
 ) -> tuple[np.ndarray, LeafState]:
   """One AdaBelief direction ``u_t`` for one leaf. This is a pure function.
 
@@ -287,7 +337,8 @@ def leaf_direction(
 
   With a storage format, ``m_t`` is rounded to ``mu_format`` as soon as it is
   computed and ``s_t`` to ``nu_format``; everything after uses the rounded
-  values (the maximum of two stored values needs no rounding).
+  values (the maximum of two stored floats needs no rounding; 8-bit blocks
+  store it anew).
 
   Args:
     state: The leaf's state after ``t - 1`` steps.
@@ -306,6 +357,7 @@ def leaf_direction(
       rectified branch, as adabelief-pytorch 0.2.1 does.
     mu_format: The storage format of ``m`` (see :func:`round_to_format`).
     nu_format: The storage format of ``s``.
+    quantization_block_size: The block size of ``'int8'`` storage.
 
   Returns:
     ``(u_t, new_state)``.
@@ -313,9 +365,13 @@ def leaf_direction(
   if t < 1:
     raise ValueError(f'step t must be >= 1, got {t}')
   g = as_float64(g)
-  m = round_to_format(update_first_moment(state.mu, g, b1), mu_format)
-  s = round_to_format(update_belief(state.nu, g, m, b2, eps_root), nu_format)
-  nu_max = np.maximum(state.nu_max, s) if amsgrad else state.nu_max
+  block = quantization_block_size
+  m = round_to_format(update_first_moment(state.mu, g, b1), mu_format, 'signed', block)
+  s = round_to_format(update_belief(state.nu, g, m, b2, eps_root), nu_format, 'nonnegative', block)
+  if amsgrad:
+    nu_max = round_to_format(np.maximum(state.nu_max, s), nu_format, 'nonnegative', block)
+  else:
+    nu_max = state.nu_max
   new_state = LeafState(mu=m, nu=s, nu_max=nu_max)
 
   if nesterov:

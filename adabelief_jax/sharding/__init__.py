@@ -36,10 +36,10 @@ its ``update`` (explicitly, also on meshes with ``Explicit`` axes), and
 Every function takes ``(tx, params, mesh=None, *, shard_axis=None)``:
 
 * ``tx``: any Optax gradient transformation.
-* ``params``: ``jax.Array``s or ``jax.ShapeDtypeStruct``s. A leaf's
+* ``params``: ``jax.Array`` or ``jax.ShapeDtypeStruct`` leaves. A leaf's
   ``NamedSharding`` says how it is sharded; leaves without one (NumPy arrays,
   structs with no sharding) and fully replicated ones count as replicated.
-* ``mesh``: by default the one the params' ``NamedSharding``s use; if given,
+* ``mesh``: by default the one the params' ``NamedSharding`` objects use; if given,
   sharded params must live on it.
 * ``shard_axis``: a mesh axis name (typically the data-parallel one) to
   partition the moments along, or ``None`` to shard them like the params.
@@ -144,7 +144,7 @@ def abstract_state(
   *,
   shard_axis: str | None = None,
 ) -> PyTree:
-  """``tx``'s state as ``jax.ShapeDtypeStruct``s carrying their shardings.
+  """``tx``'s state as ``jax.ShapeDtypeStruct`` leaves carrying their shardings.
 
   What a checkpointer needs to restore a sharded state without building it
   first, e.g. ``orbax.checkpoint.StandardCheckpointer().restore(path,

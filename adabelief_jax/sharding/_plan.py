@@ -14,7 +14,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from adabelief_jax.sharding._specs import shard_bytes, spec_str, zero_spec
+from adabelief_jax._quantize import QuantizedArray
+from adabelief_jax.sharding._specs import fit_spec, shard_bytes, spec_str, zero_spec
 
 PyTree = Any
 
@@ -100,7 +101,7 @@ class ShardingPlan:
 
   @property
   def not_partitioned(self) -> tuple[LeafPlan, ...]:
-    """Moments that keep their parameter's sharding: no dimension divides."""
+    """Moments that keep their parameter's sharding (no dimension divides)."""
     return tuple(leaf for leaf in self.leaves if leaf.note)
 
   def __str__(self) -> str:
@@ -207,6 +208,17 @@ class _Moment:
   note: str
 
 
+def _placement(
+  where: str, sharding: NamedSharding, shape: tuple[int, ...], shard_axis: str | None, block: int
+) -> _Moment:
+  """Where a moment of a parameter at ``where``, sharded by ``sharding``, goes."""
+  spec, note = sharding.spec, ''
+  if shard_axis is not None:
+    spec, note = zero_spec(shape, spec, sharding.mesh, shard_axis, block)
+  moment = sharding if spec == sharding.spec else sharding.update(spec=spec)
+  return _Moment(where, sharding, moment, note)
+
+
 def moments(params: PyTree, mesh: Mesh, shard_axis: str | None) -> PyTree:
   """A :class:`_Moment` per parameter, structured like ``params``."""
 
@@ -214,13 +226,26 @@ def moments(params: PyTree, mesh: Mesh, shard_axis: str | None) -> PyTree:
     sharding = getattr(leaf, 'sharding', None)
     if not isinstance(sharding, NamedSharding):
       sharding = NamedSharding(mesh, PartitionSpec())  # Unsharded: replicated.
-    spec, note = sharding.spec, ''
-    if shard_axis is not None:
-      spec, note = zero_spec(tuple(np.shape(leaf)), spec, mesh, shard_axis)
-    moment = sharding if spec == sharding.spec else sharding.update(spec=spec)
-    return _Moment(jax.tree_util.keystr(path), sharding, moment, note)
+    return _placement(jax.tree_util.keystr(path), sharding, tuple(np.shape(leaf)), shard_axis, 1)
 
   return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _place(leaf: Any, moment: _Moment, shard_axis: str | None) -> Any:
+  """The placement of a state leaf (or 8-bit node) that mirrors ``moment``'s param.
+
+  An 8-bit moment's codes keep whole blocks on every device; its scales follow
+  the codes where the sharding divides them.
+  """
+  if _is_masked(leaf):
+    return leaf  # A masked-out parameter: keep the empty node.
+  if not isinstance(leaf, QuantizedArray):
+    return moment
+  codes = _placement(moment.param, moment.param_sharding, leaf.shape, shard_axis, leaf.block_size)
+  mesh, spec = codes.sharding.mesh, codes.sharding.spec
+  scales_spec = fit_spec(spec, tuple(leaf.scales.shape), mesh)
+  scales = dataclasses.replace(codes, sharding=codes.sharding.update(spec=scales_spec))
+  return QuantizedArray(codes, scales, leaf.block_size)
 
 
 def _not_a_moment(subtree: PyTree) -> PyTree:
@@ -229,6 +254,10 @@ def _not_a_moment(subtree: PyTree) -> PyTree:
 
 def _is_masked(x: Any) -> bool:
   return isinstance(x, optax.MaskedNode)
+
+
+def _is_moment_leaf(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode | QuantizedArray)
 
 
 def _leaf_plan(path: Any, leaf: Any, moment: _Moment | None, sharding: NamedSharding) -> LeafPlan:
@@ -299,11 +328,11 @@ def plan(
   abstract = jax.eval_shape(tx.init, params)
   placed = optax.tree.map_params(
     tx,
-    lambda leaf, moment: leaf if _is_masked(leaf) else moment,
+    lambda leaf, moment: _place(leaf, moment, shard_axis),
     abstract,
     moments(params, mesh, shard_axis),
     transform_non_params=_not_a_moment,
-    is_leaf=_is_masked,
+    is_leaf=_is_moment_leaf,
   )
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   flat_moments = treedef.flatten_up_to(placed)  # type: ignore[attr-defined]  # jaxlib has no stubs.

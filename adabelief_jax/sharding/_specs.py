@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 
 def axes_of(entry: Any) -> tuple[str, ...]:
@@ -32,14 +32,15 @@ def _with_axis(entries: list[Any], dim: int, axis: str) -> PartitionSpec:
 
 
 def zero_spec(
-  shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh, axis: str
+  shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh | AbstractMesh, axis: str, block: int = 1
 ) -> tuple[PartitionSpec, str]:
   """``spec`` plus ``axis`` on the largest dimension it divides (ZeRO-1).
 
   Dimensions already sharded over other axes count by their shard size. A
   spec already sharded along ``axis`` (FSDP-style params), or an axis of size
-  one, leaves ``spec`` as it is. Returns the spec and, when no dimension can
-  take the axis, a note saying why (else ``''``).
+  one, leaves ``spec`` as it is. The last dimension counts only if every
+  shard of it holds whole ``block``s (8-bit state's blocks). Returns the spec
+  and, when no dimension can take the axis, a note saying why (else ``''``).
   """
   entries = _entries(spec, len(shape))
   size = mesh.shape[axis]
@@ -50,7 +51,8 @@ def zero_spec(
     if entry is PartitionSpec.UNCONSTRAINED:
       continue
     factor = math.prod(mesh.shape[a] for a in axes_of(entry))
-    if n % (factor * size) == 0 and (best is None or n // factor > best[0]):
+    unit = block if dim == len(shape) - 1 else 1
+    if n % (factor * size * unit) == 0 and (best is None or n // factor > best[0]):
       best = (n // factor, dim)
   if best is not None:
     return _with_axis(entries, best[1], axis), ''
@@ -60,6 +62,23 @@ def zero_spec(
   return spec, (
     f'replicated along {axis!r}: no dimension of {shape} is divisible by {size}{sharded}'
   )
+
+
+def fit_spec(
+  spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh | AbstractMesh
+) -> PartitionSpec:
+  """``spec`` for an array of ``shape``, without the entries that do not divide it.
+
+  The scales of 8-bit state follow their codes' spec, except on the last
+  dimension (blocks), where the codes' sharding may not divide their count.
+  """
+  entries = [
+    e if n % math.prod(mesh.shape[a] for a in axes_of(e)) == 0 else None
+    for n, e in zip(shape, _entries(spec, len(shape)))
+  ]
+  while entries and entries[-1] is None:
+    entries.pop()
+  return PartitionSpec(*entries)
 
 
 def shard_bytes(shape: tuple[int, ...], dtype: Any, sharding: NamedSharding) -> int:
