@@ -34,16 +34,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
-from benchmarks import _cli, _report  # pylint: disable=g-import-not-at-top
+from benchmarks import _cli, _report, _trees  # pylint: disable=g-import-not-at-top
 from benchmarks._candidates import CANDIDATES, make_step  # pylint: disable=g-import-not-at-top
-from benchmarks._trees import (  # pylint: disable=g-import-not-at-top
-  PyTree,
-  abstract_tree,
-  equal_shapes,
-  nbytes,
-  parse_count,
-  tree_shapes,
-)
 
 DEFAULT_MODES = [
   'adabelief',
@@ -59,13 +51,11 @@ MB = 2**20
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """The shared problem, --modes and --json flags, plus the state dtypes and compile sweep."""
-  parents = [
-    _cli.size_flags(),
-    _cli.tree_flags(),
-    _cli.modes_flags(DEFAULT_MODES, jax_only=True),
-    _cli.json_flag(),
-  ]
-  parser = _cli.make_parser('python -m benchmarks.memory', __doc__, parents)
+  parser = _cli.make_parser(
+    'python -m benchmarks.memory',
+    __doc__,
+    [_cli.SIZE, _cli.TREE, _cli.modes(DEFAULT_MODES, jax_only=True), _cli.JSON],
+  )
   parser.add_argument(
     '--state-dtypes',
     nargs='+',
@@ -82,17 +72,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   parser.add_argument(
     '--compile-params',
-    type=parse_count,
+    type=_trees.parse_count,
     default='1M',
     help='total params of the compile-time trees (default 1M)',
   )
-  _cli.add_modes(parser, '--compile-modes', DEFAULT_COMPILE_MODES, jax_only=True)
+  _cli.add_flags(parser, _cli.modes(DEFAULT_COMPILE_MODES, jax_only=True, flag='--compile-modes'))
   return parser.parse_args(argv)
 
 
 def compile_step(
-  tx: optax.GradientTransformation, params_abs: PyTree
-) -> tuple[Any, PyTree, float, float]:
+  tx: optax.GradientTransformation, params_abs: _trees.PyTree
+) -> tuple[Any, _trees.PyTree, float, float]:
   """(compiled step, abstract state, seconds to trace and lower, seconds to compile).
 
   Everything is abstract (``jax.ShapeDtypeStruct``): nothing of the
@@ -106,15 +96,15 @@ def compile_step(
   return compiled, state_abs, lowered_at - start, time.perf_counter() - lowered_at
 
 
-def memory_row(mode: str, state_dtype: str, params_abs: PyTree) -> dict[str, Any]:
+def memory_row(mode: str, state_dtype: str, params_abs: _trees.PyTree) -> dict[str, Any]:
   """XLA's memory analysis of one donated step of ``mode`` with state in ``state_dtype``."""
   tx = CANDIDATES[mode].make_tx(None if state_dtype == 'default' else jnp.dtype(state_dtype))
   compiled, state_abs, lower_s, compile_s = compile_step(tx, params_abs)
   ma = compiled.memory_analysis()
   n = sum(x.size for x in jax.tree.leaves(params_abs))
-  param_bytes = nbytes(params_abs)
-  state_bytes = nbytes(state_abs)
-  donated = param_bytes + nbytes(state_abs, min_ndim=0)
+  param_bytes = _trees.nbytes(params_abs)
+  state_bytes = _trees.nbytes(state_abs)
+  donated = param_bytes + _trees.nbytes(state_abs, min_ndim=0)
   return {
     'mode': mode,
     'label': CANDIDATES[mode].label,
@@ -142,7 +132,9 @@ def memory_row(mode: str, state_dtype: str, params_abs: PyTree) -> dict[str, Any
 
 def memory_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
   """One :func:`memory_row` per mode and state dtype (the default alone where none applies)."""
-  params_abs = abstract_tree(tree_shapes(args.tree, args.params, args.leaves), args.dtype)
+  params_abs = _trees.abstract_tree(
+    _trees.tree_shapes(args.tree, args.params, args.leaves), args.dtype
+  )
   rows = []
   for mode in args.modes:
     applies = CANDIDATES[mode].state_dtype_applies
@@ -161,7 +153,7 @@ def compile_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
   """Trace+lower and compile seconds of each compile mode at each leaf count."""
   rows = []
   for leaves in args.compile_leaves:
-    params_abs = abstract_tree(equal_shapes(args.compile_params, leaves), args.dtype)
+    params_abs = _trees.abstract_tree(_trees.equal_shapes(args.compile_params, leaves), args.dtype)
     for mode in args.compile_modes:
       _, _, lower_s, compile_s = compile_step(CANDIDATES[mode].make_tx(None), params_abs)
       total = lower_s + compile_s

@@ -187,8 +187,9 @@ def safety(steps: int) -> list[dict[str, Any]]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """The shared --out flag, plus the sizes of parts A and B."""
-  parents = [_cli.out_flag('results/mixed_precision')]
-  parser = _cli.make_parser('python -m benchmarks.mixed_precision', __doc__, parents)
+  parser = _cli.make_parser(
+    'python -m benchmarks.mixed_precision', __doc__, [_cli.out('results/mixed_precision')]
+  )
   parser.add_argument('--seeds', type=int, default=3, help='seeds of part A (default 3)')
   parser.add_argument('--epochs', type=int, default=30, help='epochs of part A (default 30)')
   parser.add_argument('--steps', type=int, default=5000, help='steps of part B (default 5000)')

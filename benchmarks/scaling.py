@@ -57,13 +57,11 @@ COLUMNS: dict[str, _report.Column] = {
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """The shared tree, timing, --modes and --out flags, plus the two sweeps' points."""
-  parents = [
-    _cli.tree_flags(),
-    _cli.timing_flags(),
-    _cli.modes_flags(DEFAULT_MODES),
-    _cli.out_flag('results/scaling'),
-  ]
-  parser = _cli.make_parser('python -m benchmarks.scaling', __doc__, parents)
+  parser = _cli.make_parser(
+    'python -m benchmarks.scaling',
+    __doc__,
+    [_cli.TREE, _cli.TIMING, _cli.modes(DEFAULT_MODES), _cli.out('results/scaling')],
+  )
   parser.add_argument(
     '--params-list',
     type=parse_counts,

@@ -56,15 +56,9 @@ COLUMNS: dict[str, _report.Column] = {
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """The flags: problem (size, tree, dtype), timing, modes and --json, all shared."""
-  parents = [
-    _cli.size_flags(),
-    _cli.tree_flags(),
-    _cli.timing_flags(),
-    _cli.modes_flags(DEFAULT_MODES),
-    _cli.json_flag(),
-  ]
+  groups = [_cli.SIZE, _cli.TREE, _cli.TIMING, _cli.modes(DEFAULT_MODES), _cli.JSON]
   epilog = 'modes:\n' + '\n'.join(f'  {c.name:24} {c.label}' for c in CANDIDATES.values())
-  parser = _cli.make_parser('python -m benchmarks.step_time', __doc__, parents, epilog)
+  parser = _cli.make_parser('python -m benchmarks.step_time', __doc__, groups, epilog)
   return parser.parse_args(argv)
 
 

@@ -15,8 +15,9 @@ import platform
 import random
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from tabulate import tabulate
@@ -25,32 +26,34 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
   from matplotlib.figure import Figure
 
+T = TypeVar('T')
+
 # ----------------------------------------------------------------------------
 # Flags.
 
 
-def make_parser(doc: str) -> argparse.ArgumentParser:
-  """A parser whose description is the first paragraph of ``doc``; --help keeps its layout."""
-  return argparse.ArgumentParser(
-    description=doc.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-
-
-def add_common_args(
-  parser: argparse.ArgumentParser,
-  *,
+def make_parser(
+  doc: str,
   name: str,
+  optimizers: Iterable[str],
+  *,
   seeds: int,
-  optimizers: Sequence[str],
   seeds_help: str = 'runs per optimizer, with seeds 0..N-1',
   epochs: int | None = None,
   batch_size: int | None = None,
 ) -> argparse.ArgumentParser:
-  """Adds --seeds, --optimizers, --out (default results/<name>), --no-progress.
+  """A script's parser, with the flags every script takes.
 
-  Also --epochs and --batch-size when given a default: the scripts that train
-  on minibatches for a number of epochs share their meaning.
+  The description is the first paragraph of ``doc``; --help keeps its layout.
+  The flags: --seeds, then --epochs and --batch-size when given a default (the
+  scripts that train on minibatches for a number of epochs share their
+  meaning), --optimizers (a subset of ``optimizers``), --out (default
+  results/<name>) and --no-progress.
   """
+  parser = argparse.ArgumentParser(
+    description=doc.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  optimizers = list(optimizers)
   counts = [
     ('--seeds', seeds, seeds_help),
     ('--epochs', epochs, 'training epochs per run'),
@@ -72,14 +75,23 @@ def add_common_args(
   return parser
 
 
+def add_flags(
+  parser: argparse.ArgumentParser,
+  flags: Iterable[tuple[str, Any, str]],
+  parse: Callable[[str], Any],
+) -> None:
+  """Adds a flag per (flag, default, help), read by ``parse`` (an argparse ``type``)."""
+  for flag, default, help_text in flags:
+    parser.add_argument(
+      flag, type=parse, default=default, help=f'{help_text} (default: %(default)s)'
+    )
+
+
 def add_positive_ints(
   parser: argparse.ArgumentParser, flags: Iterable[tuple[str, int, str]]
 ) -> None:
   """Adds a whole-number flag >= 1 per (flag, default, help): counts, sizes and steps."""
-  for flag, default, help_text in flags:
-    parser.add_argument(
-      flag, type=positive_int, default=default, help=f'{help_text} (default: %(default)s)'
-    )
+  add_flags(parser, flags, positive_int)
 
 
 def positive_int(text: str) -> int:
@@ -160,6 +172,16 @@ def seed_everything(seed: int) -> np.random.Generator:
 def progress_bar(total: int, unit: str, args: argparse.Namespace) -> tqdm:
   """A tqdm bar over ``total`` units, hidden by --no-progress."""
   return tqdm(total=total, unit=unit, disable=args.no_progress)
+
+
+def run_timed(
+  total: int, unit: str, args: argparse.Namespace, work: Callable[[tqdm], T]
+) -> tuple[T, float]:
+  """``work(bar)`` under a :func:`progress_bar`: its result, and the wall seconds it took."""
+  start = time.perf_counter()
+  with progress_bar(total, unit, args) as bar:
+    result = work(bar)
+  return result, time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------

@@ -389,13 +389,8 @@ def _draw_samples(ax: Axes, xy: np.ndarray, std: float) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = _common.make_parser(__doc__)
-  _common.add_common_args(
-    parser,
-    name='gan_2d',
-    seeds=5,
-    seeds_help='runs per setting, seeds 0..N-1',
-    optimizers=list(OPTIMIZERS),
+  parser = _common.make_parser(
+    __doc__, 'gan_2d', OPTIMIZERS, seeds=5, seeds_help='runs per setting, seeds 0..N-1'
   )
   _common.add_positive_ints(
     parser,
@@ -437,13 +432,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     f'{_common.plural(args.steps, "iteration")}, batch {args.batch_size}, '
     f'device {jax.devices()[0].device_kind}'
   )
-  start = time.perf_counter()
-  with _common.progress_bar(settings * args.steps, 'it', args) as progress:
-    entries = train_all(args, progress)
-  wall = time.perf_counter() - start
+  entries, wall = _common.run_timed(
+    settings * args.steps, 'it', args, lambda progress: train_all(args, progress)
+  )
 
-  rows, results = zip(*(summarize(e, args) for e in entries))
-  summary = pooled_summary(list(results), args.optimizers)
+  rows, results = map(list, zip(*(summarize(e, args) for e in entries)))
+  summary = pooled_summary(results, args.optimizers)
   plots = [
     plot_samples(os.path.join(args.out, 'samples.png'), entries, args.std),
     _common.plot_curves(
@@ -465,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     plots=plots,
     wall_time_s=wall,
     summary=summary,
-    results=list(results),
+    results=results,
   )
 
 

@@ -316,17 +316,12 @@ def notes(args: argparse.Namespace, corpus: Corpus, wall: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = _common.make_parser(__doc__)
-  _common.add_common_args(
-    parser, name='lstm_lm', seeds=2, optimizers=list(OPTIMIZERS), epochs=3, batch_size=32
-  )
-  for name, (grid, _) in OPTIMIZERS.items():
-    parser.add_argument(
-      f'--lrs-{name}',
-      type=_common.positive_floats,
-      default=grid,
-      help=f'learning-rate grid for {name} (default: %(default)s)',
-    )
+  parser = _common.make_parser(__doc__, 'lstm_lm', OPTIMIZERS, seeds=2, epochs=3, batch_size=32)
+  grids = [
+    (f'--lrs-{name}', grid, f'learning-rate grid for {name}')
+    for name, (grid, _) in OPTIMIZERS.items()
+  ]
+  _common.add_flags(parser, grids, _common.positive_floats)
   _common.add_positive_ints(
     parser,
     [
@@ -347,10 +342,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
   corpus = load_corpus(args)
   data, vocab = corpus.windows, corpus.vocab
   grid_runs = sum(len(getattr(args, f'lrs_{name}')) + args.seeds - 1 for name in args.optimizers)
-  start = time.perf_counter()
-  with _common.progress_bar(args.epochs * args.evals_per_epoch * grid_runs, 'eval', args) as bar:
-    trained = {name: sweep_and_rerun(name, data, vocab, args, bar) for name in args.optimizers}
-  wall = time.perf_counter() - start
+  trained, wall = _common.run_timed(
+    args.epochs * args.evals_per_epoch * grid_runs,
+    'eval',
+    args,
+    lambda bar: {name: sweep_and_rerun(name, data, vocab, args, bar) for name in args.optimizers},
+  )
 
   summaries, rows = zip(
     *(summarize(name, sweep, runs, args.seeds) for name, (sweep, runs) in trained.items())

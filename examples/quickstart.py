@@ -258,17 +258,9 @@ def notes(args: argparse.Namespace, data: Data) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = _common.make_parser(__doc__)
-  _common.add_common_args(
-    parser, name='quickstart', seeds=3, optimizers=list(OPTIMIZERS), epochs=40, batch_size=32
-  )
-  for name, (lr, _) in OPTIMIZERS.items():
-    parser.add_argument(
-      f'--lr-{name}',
-      type=float,
-      default=lr,
-      help=f'learning rate for {name} (default: %(default)s)',
-    )
+  parser = _common.make_parser(__doc__, 'quickstart', OPTIMIZERS, seeds=3, epochs=40, batch_size=32)
+  lrs = [(f'--lr-{name}', lr, f'learning rate for {name}') for name, (lr, _) in OPTIMIZERS.items()]
+  _common.add_flags(parser, lrs, float)
   parser.add_argument(
     '--weight-decay',
     type=float,

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -450,13 +449,12 @@ def plot_distances(path: str, results: dict, tol: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = _common.make_parser(__doc__)
-  _common.add_common_args(
-    parser,
-    name='toy_2d',
+  parser = _common.make_parser(
+    __doc__,
+    'toy_2d',
+    OPTIMIZERS,
     seeds=5,
     seeds_help='starting points per problem: seed 0 is the canonical start, others perturb it',
-    optimizers=list(OPTIMIZERS),
   )
   _common.add_positive_ints(parser, [('--steps', 10000, 'optimizer steps per trajectory')])
   parser.add_argument(
@@ -496,11 +494,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     f'{_common.plural(len(lrs), "learning rate")} x {_common.plural(args.seeds, "start")}, '
     f'{_common.plural(args.steps, "step")}, tolerance {args.tol:g}'
   )
-  start_time = time.perf_counter()
   total = len(args.problems) * len(args.optimizers)
-  with _common.progress_bar(total, 'run', args) as progress:
-    results = run_all(args, lrs, progress)
-  wall = time.perf_counter() - start_time
+  results, wall = _common.run_timed(
+    total, 'run', args, lambda progress: run_all(args, lrs, progress)
+  )
 
   summary = summary_lines(results, args.lr)
   plots = [

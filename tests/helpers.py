@@ -1,7 +1,10 @@
-"""Shared test utilities: small pytrees, gradient sequences, jit switching."""
+"""Shared test utilities: small pytrees, gradient sequences, jit switching, example runs."""
 
 from __future__ import annotations
 
+import json
+import math
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -82,3 +85,33 @@ def json_numbers(tree: Any):
       yield from json_numbers(value)
   elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
     yield tree
+
+
+def squeeze(text: str) -> str:
+  """``text`` with each run of white space made one space: tables pad their cells."""
+  return ' '.join(text.split())
+
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def run_example(module: Any, out: pathlib.Path, flags: str) -> Any:
+  """``module.main`` of an example with ``flags`` (split on white space), into ``out``, quietly."""
+  return module.main([*flags.split(), '--out', str(out), '--no-progress'])
+
+
+def check_example_outputs(out: pathlib.Path, pngs: list[str]) -> dict:
+  """Checks the files an example wrote into ``out``; returns the content of results.json.
+
+  results.md, results.json and each of ``pngs`` must be there and not empty,
+  the ``pngs`` real PNGs, and results.json's results finite numbers.
+  """
+  for name in ['results.md', 'results.json', *pngs]:
+    path = out / name
+    assert path.is_file() and path.stat().st_size > 0, name
+  for name in pngs:
+    assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+  data = json.loads((out / 'results.json').read_text())
+  numbers = list(json_numbers(data['results']))
+  assert numbers and all(math.isfinite(x) for x in numbers)
+  return data

@@ -56,17 +56,19 @@ def assert_matches_oracle(tx, params, grads_seq, **kwargs):
 MODES = ['decoupled', 'fixed', 'l2']
 
 
+def variants(combined_id: str, **combined) -> list:
+  """pytest params of ``options``: none, amsgrad, rectify and nesterov alone, then ``combined``.
+
+  Each has its name as id; the combination has ``combined_id``.
+  """
+  alone = {name: {name: True} for name in ('amsgrad', 'rectify', 'nesterov')}
+  named = {'plain': {}, **alone, combined_id: combined}
+  return [pytest.param(options, id=name) for name, options in named.items()]
+
+
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize(
-  'options',
-  [
-    dict(),
-    dict(amsgrad=True),
-    dict(rectify=True),
-    dict(nesterov=True),
-    dict(rectify=True, degenerate_to_sgd=False, amsgrad=True),
-  ],
-  ids=['plain', 'amsgrad', 'rectify', 'nesterov', 'rectify-nosgd-amsgrad'],
+  'options', variants('rectify-nosgd-amsgrad', rectify=True, degenerate_to_sgd=False, amsgrad=True)
 )
 def test_weight_decay_modes_match_oracle(mode, options):
   params = tree_of(np.float32)
@@ -183,14 +185,7 @@ def test_invalid_arguments_raise(kwargs, name):
 
 
 @pytest.mark.parametrize(
-  'options',
-  [
-    dict(),
-    dict(rectify=True),
-    dict(amsgrad=True),
-    dict(nesterov=True),
-    dict(rectify=True, amsgrad=True, nesterov=True),
-  ],
+  'options', variants('rectify-amsgrad-nesterov', rectify=True, amsgrad=True, nesterov=True)
 )
 def test_converges_on_quadratic(options):
   target = jnp.array([1.0, -2.0, 3.0, 0.5])

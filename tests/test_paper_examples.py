@@ -6,53 +6,18 @@ the tests check the files it writes and that they hold finite numbers.
 
 from __future__ import annotations
 
-import json
 import math
-import pathlib
 
 import pytest
 
-from tests.helpers import json_numbers
-
-PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-
-
-def _squeeze(text: str) -> str:
-  """``text`` with each run of white space made one space: tables pad their cells."""
-  return ' '.join(text.split())
-
-
-def _check_outputs(out: pathlib.Path, pngs: list[str]) -> dict:
-  for name in ['results.md', 'results.json', *pngs]:
-    path = out / name
-    assert path.is_file() and path.stat().st_size > 0, name
-  for name in pngs:
-    assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
-  data = json.loads((out / 'results.json').read_text())
-  numbers = list(json_numbers(data['results']))
-  assert numbers and all(math.isfinite(x) for x in numbers)
-  return data
+from tests.helpers import check_example_outputs, run_example, squeeze
 
 
 def test_toy_2d(load_example, tmp_path, capsys):
-  toy = load_example('toy_2d')
   out = tmp_path / 'toy'
-  data = toy.main(
-    [
-      '--steps',
-      '300',
-      '--seeds',
-      '1',
-      '--lrs',
-      '1e-2,0.1',
-      '--problems',
-      'quadratic,rosenbrock',
-      '--out',
-      str(out),
-      '--no-progress',
-    ]
-  )
-  saved = _check_outputs(out, ['trajectories.png', 'distance.png'])
+  flags = '--steps 300 --seeds 1 --lrs 1e-2,0.1 --problems quadratic,rosenbrock'
+  data = run_example(load_example('toy_2d'), out, flags)
+  saved = check_example_outputs(out, ['trajectories.png', 'distance.png'])
   assert saved['config']['lrs'] == [1e-3, 1e-2, 0.1]  # --lr joins the grid.
   assert set(saved['results']) == {'quadratic', 'rosenbrock'}
   for problem in saved['results'].values():
@@ -65,7 +30,7 @@ def test_toy_2d(load_example, tmp_path, capsys):
   # The quadratic is easy: someone reaches 1e-3 within 300 steps at lr 0.1.
   quad = saved['results']['quadratic']['optimizers']
   assert any(o['tuned']['reached'] == 1 for o in quad.values())
-  printed = _squeeze(capsys.readouterr().out)
+  printed = squeeze(capsys.readouterr().out)
   assert '| Rosenbrock | adabelief |' in printed
   assert '1 start,' in printed and '1 starts' not in printed
   assert data['results'].keys() == saved['results'].keys()
@@ -80,28 +45,10 @@ def test_toy_2d_rejects_bad_flags(load_example, tmp_path):
 
 
 def test_gan_2d(load_example, tmp_path, capsys):
-  gan = load_example('gan_2d')
   out = tmp_path / 'gan'
-  gan.main(
-    [
-      '--steps',
-      '20',
-      '--eval-every',
-      '10',
-      '--seeds',
-      '1',
-      '--b1s',
-      '0.5',
-      '--lrs',
-      '2e-4,1e-3',
-      '--hidden',
-      '16',
-      '--out',
-      str(out),
-      '--no-progress',
-    ]
-  )
-  saved = _check_outputs(out, ['samples.png', 'curves.png'])
+  flags = '--steps 20 --eval-every 10 --seeds 1 --b1s 0.5 --lrs 2e-4,1e-3 --hidden 16'
+  run_example(load_example('gan_2d'), out, flags)
+  saved = check_example_outputs(out, ['samples.png', 'curves.png'])
   results = saved['results']
   assert [(r['optimizer'], r['b1'], r['lr']) for r in results] == [
     ('adabelief', 0.5, 2e-4),
@@ -116,7 +63,7 @@ def test_gan_2d(load_example, tmp_path, capsys):
     assert all(0 <= m <= 8 for m in r['modes'][0])
     assert all(0.0 <= q <= 1.0 for q in r['quality'][0])
     assert r['collapsed_fraction'] in (0.0, 1.0)
-  printed = _squeeze(capsys.readouterr().out)
+  printed = squeeze(capsys.readouterr().out)
   assert '| adabelief | 0.5 |' in printed
   assert '(of 8, 1 seed)' in printed and '1 seeds' not in printed
 
@@ -139,38 +86,13 @@ def test_gan_2d_metrics(load_example):
 
 
 def test_lstm_lm(load_example, tmp_path, capsys):
-  lstm = load_example('lstm_lm')
   out = tmp_path / 'lstm'
-  lstm.main(
-    [
-      '--epochs',
-      '1',
-      '--seeds',
-      '1',
-      '--train-kb',
-      '8',
-      '--eval-kb',
-      '2',
-      '--hidden',
-      '16',
-      '--embed',
-      '8',
-      '--seq-len',
-      '32',
-      '--batch-size',
-      '16',
-      '--lrs-adabelief',
-      '3e-3',
-      '--lrs-adam',
-      '3e-3',
-      '--lrs-sgd',
-      '0.3,1',
-      '--out',
-      str(out),
-      '--no-progress',
-    ]
+  flags = (
+    '--epochs 1 --seeds 1 --train-kb 8 --eval-kb 2 --hidden 16 --embed 8 --seq-len 32 '
+    '--batch-size 16 --lrs-adabelief 3e-3 --lrs-adam 3e-3 --lrs-sgd 0.3,1'
   )
-  saved = _check_outputs(out, ['curves.png'])
+  run_example(load_example('lstm_lm'), out, flags)
+  saved = check_example_outputs(out, ['curves.png'])
   results = saved['results']
   assert [r['optimizer'] for r in results] == ['adabelief', 'adam', 'sgd']
   assert len(results[2]['sweep']) == 2
@@ -180,7 +102,7 @@ def test_lstm_lm(load_example, tmp_path, capsys):
     assert 0.0 < r['test_bpc_mean'] < math.log2(vocab) + 3
     assert r['valid_bpc_std'] == 0.0  # One seed.
   assert saved['data']['train']['bytes'] == 8 * 1024
-  printed = _squeeze(capsys.readouterr().out)
+  printed = squeeze(capsys.readouterr().out)
   assert '| adabelief |' in printed
   assert '1 epoch x' in printed and '(1 seed)' in printed and '1 seeds' not in printed
 
