@@ -1,4 +1,4 @@
-"""8-bit block-wise storage of a moment: codes through a power map, a scale per block.
+"""8-bit block-wise storage of a moment: tiny floats relative to a scale per block.
 
 A quantized moment keeps, for an array of shape ``(..., n)``, 8-bit codes of
 the same shape and one float32 scale per block of ``block_size`` consecutive
@@ -6,23 +6,29 @@ elements along the last axis (``shape[:-1] + (ceil(n / block_size),)``; the
 last block of a row may be shorter). Blocks never cross rows, so an array
 sharded on its other axes keeps whole blocks on every device.
 
-Each block's scale is its largest magnitude, and a scaled value ``v`` in
-[0, 1] is stored as the code ``c`` of the power map ``v = (c / L)^p``, whose
-codes are dense near zero, where most of a moment's values are:
+A code stands for a magnitude ``v`` in [0, 1], times its block's scale, in a
+float format with few mantissa bits whose largest value is 1: a fixed share
+of codes per power of two, so resolution is relative and the same at every
+size. Encoding and decoding are integer operations on float32 bit patterns,
+which XLA fuses into the update:
 
-* ``m`` ('signed', int8 codes -127..127): ``L = 127``, ``p = 2``, the sign
-  apart;
-* ``s`` ('nonnegative', uint8 codes 1..255): ``L = 255``, ``p = 8``. ``s``
-  spans many decades within a block, and a small ``s`` stored as zero would
-  turn its step ``m / (sqrt(s) + eps)`` into a blow-up: ``p = 8`` reaches
-  ``255^-8 = 6e-20`` of the block's largest ``s``, and anything smaller is
-  stored as that (code 0 is only the initial zero state).
+* ``m`` ('signed', int8 codes -127..127: a sign and 7 bits): 3 mantissa bits,
+  magnitudes from 1.9e-5 to 1 in steps of 1/16 to 1/8, and 0;
+* ``s`` ('nonnegative', uint8 codes 1..255): 2 mantissa bits, from 8e-20 to
+  1, in steps of 1/8 to 1/4. ``s`` spans many decades within a block, and a
+  positive ``s`` stored as zero would turn its step ``m / (sqrt(s) + eps)``
+  into a blow-up: values below the smallest code take it (code 0 is only the
+  initial zero state).
 
-Encoding is ``v^(1/p)`` by repeated square roots and decoding ``c^p`` by
-repeated squaring: a few multiplies per element, fused with the update.
-Rounding is in the value domain: of the two codes whose values bracket ``v``,
-the upper with probability ``(v - f(lo)) / (f(hi) - f(lo))`` (stochastic,
-unbiased) or the nearer one.
+Rounding is in the value domain: between the two codes whose values bracket
+``v``, the upper one with probability ``(v - lo) / (hi - lo)`` (stochastic,
+unbiased: random bits added below the kept mantissa bits, then cut) or the
+nearer one (ties up).
+
+The block scales are not the blocks' maxima but bounds of them, computed
+from the gradient's block maxima before the moments are (see
+:func:`scale_bounds`): the update then needs no reduction over its own
+intermediates, which would cost an extra pass and temporary arrays.
 """
 
 from __future__ import annotations
@@ -30,22 +36,32 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from adabelief_jax import _rounding
+from adabelief_jax._scalars import StepScalars
 
 # Leaves with fewer elements stay float32: their scales would cost more than
 # their codes save, and they are a negligible share of a large model's state.
 MIN_ELEMENTS = 4096
 
-# (lowest code for a value, largest code L, power p) of each kind's map
-# v = (c / L)^p, p a power of 2. A positive s is never stored as zero: values
-# below code 1's take code 1, so a step m / (sqrt(s) + eps) cannot blow up.
-_MAPS = {'signed': (0, 127, 2), 'nonnegative': (1, 255, 8)}
-_CODE_DTYPES = {'signed': jnp.int8, 'nonnegative': jnp.uint8}
+
+class _Format(NamedTuple):
+  """A code format: its dtype, largest code, mantissa bits and lowest code of a value > 0."""
+
+  dtype: Any
+  top: int
+  mantissa_bits: int
+  lowest: int
+
+
+_FORMATS = {
+  'signed': _Format(jnp.int8, 127, 3, 0),
+  'nonnegative': _Format(jnp.uint8, 255, 2, 1),
+}
 
 
 @functools.partial(
@@ -98,65 +114,120 @@ def zeros(param: Any, kind: str, block_size: Any) -> QuantizedArray:
   """A zero moment shaped (and, for arrays and structs, sharded) like ``param``."""
   block = _block(block_size, param.shape[-1])
   blocks = -(-param.shape[-1] // block)
-  scales_shape = (*param.shape[:-1], blocks)
   return QuantizedArray(
-    codes=jnp.zeros_like(param, _CODE_DTYPES[kind]),
-    scales=jnp.zeros(scales_shape, jnp.float32),
+    codes=jnp.zeros_like(param, _FORMATS[kind].dtype),
+    scales=jnp.zeros((*param.shape[:-1], blocks), jnp.float32),
     block_size=block,
   )
 
 
-def _blockwise_max(x: jax.Array, block: int) -> jax.Array:
-  """The maximum of ``x`` (non-negative) over each block of its last axis."""
-  n = x.shape[-1]
-  blocks = -(-n // block)
-  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, blocks * block - n)])
-  return jnp.max(padded.reshape(*x.shape[:-1], blocks, block), axis=-1)
+def block_max(x: jax.Array, block: int) -> jax.Array:
+  """The maximum of ``x`` (non-negative) over each block of its last axis.
+
+  A reduce-window, not a reshape and a max: XLA:CPU then reads ``x`` once,
+  with no temporary copy (measured 9x faster on a 32 MB leaf).
+  """
+  window = (1,) * (x.ndim - 1) + (block,)
+  padding = [(0, 0)] * (x.ndim - 1) + [(0, -x.shape[-1] % block)]
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, padding)
 
 
 def _per_element(scales: jax.Array, block: int, n: int) -> jax.Array:
-  """Each element's block scale, broadcast to the moment's shape."""
-  return jnp.repeat(scales, block, axis=-1, total_repeat_length=scales.shape[-1] * block)[..., :n]
+  """Each element's block scale, broadcast to the moment's shape.
+
+  A broadcast and a reshape (XLA fuses them into the consumer), not
+  ``jnp.repeat``, which lowers to a gather.
+  """
+  spread = jnp.broadcast_to(scales[..., None], (*scales.shape, block))
+  return spread.reshape(*scales.shape[:-1], scales.shape[-1] * block)[..., :n]
 
 
-def _power(x: jax.Array, p: int) -> jax.Array:
-  """``x^p`` for ``p`` a power of 2, by repeated squaring."""
-  while p > 1:
-    x, p = x * x, p // 2
-  return x
+def _offset(fmt: _Format) -> int:
+  """What a code adds to a float32 bit pattern's top bits: code ``top`` is 1.0."""
+  return (127 << fmt.mantissa_bits) - fmt.top
 
 
-def _root(x: jax.Array, p: int) -> jax.Array:
-  """``x^(1/p)`` for ``p`` a power of 2, by repeated square roots."""
-  while p > 1:
-    x, p = jnp.sqrt(x), p // 2
-  return x
+def _magnitude(codes: jax.Array, fmt: _Format) -> jax.Array:
+  """The magnitude in [0, 1] that each (non-negative, int32) code stands for."""
+  pattern = (codes + _offset(fmt)) << (23 - fmt.mantissa_bits)
+  return jnp.where(codes == 0, 0.0, jax.lax.bitcast_convert_type(pattern, jnp.float32))
 
 
-def decode(q: QuantizedArray) -> jax.Array:
-  """The moment's values, float32."""
-  _, levels, p = _MAPS[q.kind]
-  codes = q.codes.astype(jnp.float32)
-  v = _power(jnp.abs(codes) / levels, p)
-  magnitude = v * _per_element(q.scales, q.block_size, q.shape[-1])
-  return jnp.sign(codes) * magnitude if q.kind == 'signed' else magnitude
-
-
-def encode(x: jax.Array, like: QuantizedArray, bits16: jax.Array | None) -> QuantizedArray:
-  """``x`` (float32) in the storage of ``like``: to nearest, or stochastically with ``bits16``."""
-  kind, block = like.kind, like.block_size
-  lowest, levels, p = _MAPS[kind]
-  magnitude = jnp.abs(x)
-  scales = _blockwise_max(magnitude, block)
-  scale = _per_element(scales, block, x.shape[-1])
-  v = magnitude / jnp.where(scale > 0, scale, 1.0)
-  low = jnp.clip(jnp.floor(_root(v, p) * levels), lowest, levels - 1)
-  low_v, high_v = _power(low / levels, p), _power((low + 1) / levels, p)
+def _code(v: jax.Array, fmt: _Format, bits16: jax.Array | None) -> jax.Array:
+  """The code (int32) of each magnitude ``v`` in [0, 1]: to nearest, or stochastically."""
+  shift = 23 - fmt.mantissa_bits
+  pattern = jax.lax.bitcast_convert_type(v, jnp.int32)
   if bits16 is None:
-    up = v - low_v > high_v - v
+    pattern = pattern + (1 << (shift - 1))  # Half of the cut bits: to nearest, ties up.
   else:
-    up = _rounding.uniform(bits16) * (high_v - low_v) < v - low_v
-  code = low + up
-  if kind == 'signed':
-    code = jnp.sign(x) * code
-  return QuantizedArray(code.astype(_CODE_DTYPES[kind]), scales, block)
+    pattern = pattern + (bits16.astype(jnp.int32) << (shift - 16))
+  code = jnp.clip((pattern >> shift) - _offset(fmt), 0, fmt.top)
+  # Below the smallest positive value, v1: rounding picks 0 or v1, unless a
+  # value must not be zero (s), which takes v1.
+  v1 = float(np.int32((1 + _offset(fmt)) << shift).view(np.float32))
+  if fmt.lowest:
+    return jnp.maximum(code, fmt.lowest)
+  if bits16 is None:
+    up = v >= v1 / 2
+  else:
+    up = (bits16.astype(jnp.float32) + 0.5) * np.float32(v1 / 2**16) < v
+  return jnp.where(v < v1, up.astype(jnp.int32), code)
+
+
+def decode(q: QuantizedArray, scales: jax.Array | None = None) -> jax.Array:
+  """The moment's values, float32 (with other block ``scales``, if given)."""
+  fmt = _FORMATS[q.kind]
+  codes = q.codes.astype(jnp.int32)
+  magnitude = _magnitude(jnp.abs(codes), fmt)
+  scale = _per_element(q.scales if scales is None else scales, q.block_size, q.shape[-1])
+  if q.kind == 'signed':
+    magnitude = jnp.where(codes < 0, -magnitude, magnitude)
+  return magnitude * scale
+
+
+def encode(
+  x: jax.Array, like: QuantizedArray, scales: jax.Array, bits16: jax.Array | None
+) -> QuantizedArray:
+  """``x`` (float32, ``|x|`` at most its block's entry of ``scales``) stored like ``like``."""
+  fmt = _FORMATS[like.kind]
+  # A reciprocal per block, multiplied by: an elementwise division would make
+  # XLA keep intermediate arrays rather than recompute them.
+  inverse = 1.0 / jnp.where(scales > 0, scales, 1.0)
+  v = jnp.abs(x) * _per_element(inverse, like.block_size, x.shape[-1])
+  code = _code(v, fmt, bits16)
+  if like.kind == 'signed':
+    code = jnp.where(x < 0, -code, code)
+  return QuantizedArray(code.astype(fmt.dtype), scales, like.block_size)
+
+
+class Bounds(NamedTuple):
+  """New block scales of a leaf's quantized moments (None for float ones)."""
+
+  mu: jax.Array | None
+  nu: jax.Array | None
+  nu_max: jax.Array | None
+
+
+def scale_bounds(g: jax.Array, m: Any, s: Any, s_max: Any, c: StepScalars) -> Bounds:
+  """Bounds of the block maxima of the new ``|m|``, ``s`` (and its maximum).
+
+  From the gradient's block maxima ``G`` and the old scales (a moment's values
+  never exceed its scales): ``|m_t| <= b1 M + (1 - b1) G =: M'``, and since
+  ``|g - m_t| <= G + M'``, ``s_t <= b2 S + (1 - b2) (G + M')^2 + eps_root``.
+  A float ``m`` bounds ``M`` by its block maxima (a reduction over an input).
+  """
+  quantized = [isinstance(x, QuantizedArray) for x in (m, s, s_max)]
+  if not any(quantized):
+    return Bounds(None, None, None)
+  block = next(x.block_size for x, q in zip((m, s, s_max), quantized) if q)
+  g_max = block_max(jnp.abs(g), block)
+  m_old = m.scales if quantized[0] else block_max(jnp.abs(m), block)
+  m_bound = jnp.asarray(c.b1 * m_old + c.one_minus_b1 * g_max)
+  s_bound = None
+  if quantized[1] or quantized[2]:
+    s_old = s.scales if quantized[1] else block_max(s, block)
+    s_bound = jnp.asarray(
+      c.b2 * s_old + (c.one_minus_b2 * jnp.square(g_max + m_bound) + c.eps_root)
+    )
+  s_max_bound = jnp.maximum(s_max.scales, s_bound) if quantized[2] and s_bound is not None else None
+  return Bounds(m_bound if quantized[0] else None, s_bound if quantized[1] else None, s_max_bound)

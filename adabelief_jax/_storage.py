@@ -40,14 +40,19 @@ def load(moment: Moment, dtype: jnp.dtype) -> jax.Array:
   return moment.astype(dtype)
 
 
-def store(x: jax.Array, like: Moment, bits16: jax.Array | None) -> tuple[Moment, jax.Array]:
+def store(
+  x: jax.Array, like: Moment, bits16: jax.Array | None, scales: jax.Array | None = None
+) -> tuple[Moment, jax.Array]:
   """``x`` rounded to the storage of ``like``: (as stored, as used, in x's dtype).
 
   ``bits16`` (16 random bits per element) rounds stochastically; ``None``
-  rounds to nearest.
+  rounds to nearest. An 8-bit moment takes its new block ``scales`` (bounds of
+  ``|x|``, see :func:`_quantize.scale_bounds`).
   """
   if isinstance(like, _quantize.QuantizedArray):
-    stored = _quantize.encode(x, like, bits16)
+    if scales is None:
+      raise ValueError('storing an 8-bit moment needs its new block scales')
+    stored = _quantize.encode(x, like, scales, bits16)
     return stored, _quantize.decode(stored).astype(x.dtype)
   stored_array = _rounding.round_to(x, like.dtype, bits16)
   return stored_array, stored_array.astype(x.dtype)

@@ -73,17 +73,18 @@ def _leaf_update(leaf: _Leaf, c: StepScalars, hp: BeliefHyperparams, bits: _Bits
   dtype = _compute_dtype(leaf)
   real = jnp.finfo(dtype).dtype
   g = g.astype(dtype)
-  m_new, m_used = _storage.store(c.b1 * _storage.load(m, dtype) + c.one_minus_b1 * g, m, bits.mu)
+  scales = _quantize.scale_bounds(g, m, s, s_max, c)
+  m_sum = c.b1 * _storage.load(m, dtype) + c.one_minus_b1 * g
+  m_new, m_used = _storage.store(m_sum, m, bits.mu, scales.mu)
   d = g - m_used
   d2 = d.real * d.real + d.imag * d.imag if jnp.iscomplexobj(d) else d * d
   # This association of the s update measured 2.7-3x faster on XLA:CPU than
   # the others tried: it lets s be updated in place without a copy.
   s_sum = c.b2 * _storage.load(s, real) + (c.one_minus_b2 * d2 + c.eps_root)
-  s_new, s_used = _storage.store(s_sum, s, bits.nu)
+  s_new, s_used = _storage.store(s_sum, s, bits.nu, scales.nu)
   if s_max is not None:
-    s_max, s_used = _storage.store(
-      jnp.maximum(_storage.load(s_max, real), s_used), s_max, bits.nu_max
-    )
+    s_max_sum = jnp.maximum(_storage.load(s_max, real), s_used)
+    s_max, s_used = _storage.store(s_max_sum, s_max, bits.nu_max, scales.nu_max)
   m_hat = c.mu_scale * m_used + c.grad_scale * g if hp.nesterov else c.mu_scale * m_used
   u = m_hat * c.step_scale / (jnp.sqrt(s_used) + c.eps_scaled)
   if hp.rectify:

@@ -206,73 +206,126 @@ def resolve(value: ScalarOrSchedule, k: int) -> float:
 
 SIGNIFICANT_BITS = {'bfloat16': 8, 'float32': 24}
 INT8_MIN_ELEMENTS = 4096  # Smaller leaves keep 8-bit state in float32.
-# (lowest code for a value, largest code L, power p): v = (c / L)^p.
-INT8_MAPS = {'signed': (0, 127, 2), 'nonnegative': (1, 255, 8)}
+# kind -> (mantissa bits, largest code, lowest code of a positive value).
+INT8_FORMATS = {'signed': (3, 127, 0), 'nonnegative': (2, 255, 1)}
 
 
-def round_to_format(
-  x: np.ndarray, fmt: str | None, kind: str = 'signed', block_size: int = 256
-) -> np.ndarray:
-  """``x`` as stored in ``fmt``, rounded to nearest, in float64.
+def round_to_format(x: np.ndarray, fmt: str | None) -> np.ndarray:
+  """``x`` as stored in a float format, rounded to nearest (ties to even), in float64.
 
   ``None`` stores ``x`` exactly. ``'bfloat16'`` and ``'float32'`` keep 8 and
-  24 significant bits (ties to even) and the float32 exponent range (every
-  value here is far from its limits): with ``x = f 2^e``, ``0.5 <= |f| < 1``,
-  it is ``round(f 2^k) 2^(e - k)``. ``'int8'`` is block-wise 8-bit storage
-  (:func:`quantize_blocks`) for leaves of at least 4096 elements, float32 for
-  smaller ones.
+  24 significant bits and the float32 exponent range (every value here is far
+  from its limits): with ``x = f 2^e``, ``0.5 <= |f| < 1``, it is
+  ``round(f 2^k) 2^(e - k)``.
 
   Args:
     x: A real float64 array.
-    fmt: ``None``, ``'bfloat16'``, ``'float32'`` or ``'int8'``.
-    kind: For ``'int8'``: ``'signed'`` (``m``) or ``'nonnegative'`` (``s``).
-    block_size: For ``'int8'``: elements per block along the last axis.
+    fmt: ``None``, ``'bfloat16'`` or ``'float32'``.
 
   Returns:
     The stored values, as float64.
   """
   if fmt is None:
     return x
-  if fmt == 'int8':
-    if x.ndim == 0 or x.size < INT8_MIN_ELEMENTS:
-      return round_to_format(x, 'float32')
-    return quantize_blocks(x, kind, block_size)
   bits = SIGNIFICANT_BITS[fmt]
   fraction, exponent = np.frexp(x)
   return np.ldexp(np.round(fraction * 2.0**bits), exponent - bits)
 
 
-def quantize_blocks(x: np.ndarray, kind: str, block_size: int) -> np.ndarray:
-  """Block-wise 8-bit storage of ``x``, rounded to the nearest code value, decoded.
+def int8_values(kind: str) -> np.ndarray:
+  """The magnitude each 8-bit code stands for, code 0 to the largest.
 
-  Each row of the last axis is cut into blocks of ``block_size`` elements (the
-  last one shorter if need be). A block's scale is its largest ``|x|``; each
-  element's scaled magnitude ``v = |x| / scale`` is stored as the code ``c``
-  whose value ``(c / L)^p`` is nearest to it (the lower code on a tie), among
-  codes from ``lowest`` to ``L`` (see :data:`INT8_MAPS`); the sign is kept.
+  Code ``c >= 1`` is a float with ``k`` mantissa bits whose largest value, 1,
+  is the largest code: with ``q = c + 127 * 2^k - top``, its value is
+  ``2^(q // 2^k - 127) (1 + (q mod 2^k) / 2^k)``. Code 0 is 0.
 
   Args:
-    x: A real float64 array of at least one dimension.
+    kind: ``'signed'`` (``m``: 3 mantissa bits, codes to 127) or
+      ``'nonnegative'`` (``s``: 2 mantissa bits, codes to 255).
+
+  Returns:
+    A float64 array of ``top + 1`` increasing values, from 0 to 1.
+  """
+  mantissa, top, _ = INT8_FORMATS[kind]
+  q = np.arange(1, top + 1) + (127 << mantissa) - top
+  values = 2.0 ** ((q >> mantissa) - 127) * (1 + (q & ((1 << mantissa) - 1)) / 2**mantissa)
+  return np.concatenate([[0.0], values])
+
+
+def block_max(x: np.ndarray, block_size: int) -> np.ndarray:
+  """The largest of each block of ``block_size`` along the last axis (the last one shorter)."""
+  starts = range(0, x.shape[-1], block_size)
+  return np.stack([x[..., i : i + block_size].max(axis=-1) for i in starts], axis=-1)
+
+
+def per_element(scales: np.ndarray, block_size: int, n: int) -> np.ndarray:
+  """Each element's block value, for a last axis of ``n``."""
+  return np.repeat(scales, block_size, axis=-1)[..., :n]
+
+
+def quantize_blocks(x: np.ndarray, kind: str, scales: np.ndarray, block_size: int) -> np.ndarray:
+  """``x`` stored in 8-bit blocks with the given block ``scales``, decoded.
+
+  Each magnitude ``v = |x| / scale`` (``<= 1``) becomes the nearest of
+  :func:`int8_values` from the lowest code of a positive value on (the upper
+  one on a tie); the sign is kept.
+
+  Args:
+    x: A real float64 array.
     kind: ``'signed'`` or ``'nonnegative'``.
+    scales: One scale per block: ``x.shape[:-1] + (blocks,)``.
     block_size: Elements per block.
 
   Returns:
     The decoded values, float64, shaped like ``x``.
   """
-  lowest, levels, power = INT8_MAPS[kind]
-  values = (np.arange(levels + 1) / levels) ** power
-  rows = x.reshape(-1, x.shape[-1])
-  out = np.zeros_like(rows)
-  for r, row in enumerate(rows):
-    for start in range(0, row.size, block_size):
-      block = row[start : start + block_size]
-      scale = np.max(np.abs(block))
-      if scale == 0:
-        continue
-      v = np.abs(block) / scale
-      nearest = np.argmin(np.abs(v[:, None] - values[None, lowest:]), axis=1) + lowest
-      out[r, start : start + block_size] = np.sign(block) * values[nearest] * scale
-  return out.reshape(x.shape)
+  _, _, lowest = INT8_FORMATS[kind]
+  values = int8_values(kind)[lowest:]
+  scale = per_element(scales, block_size, x.shape[-1])
+  v = np.abs(x) / np.where(scale > 0, scale, 1.0)
+  distance = np.abs(v[..., None] - values)
+  # The last (upper) of equally near codes: argmin of the reversed candidates.
+  nearest = len(values) - 1 - np.argmin(distance[..., ::-1], axis=-1)
+  return np.sign(x) * values[nearest] * scale
+
+
+def int8_scale_bounds(
+  g: np.ndarray,
+  state: LeafState,
+  quantized: tuple[bool, bool, bool],
+  b1: float,
+  b2: float,
+  eps_root: float,
+  block: int,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+  """The new block scales of a leaf's 8-bit moments: bounds of their magnitudes.
+
+  With ``G`` the blocks' largest ``|g|`` and the old scales ``M``, ``S``
+  (for a float ``m``, its blocks' largest ``|m|``):
+  ``M' = b1 M + (1 - b1) G``, ``S' = b2 S + (1 - b2) (G + M')^2 + eps_root``,
+  and for the running maximum ``max(S_max, S')``.
+  """
+  big = block_max(np.abs(g), block)
+  m_old = state.mu_scales if quantized[0] else block_max(np.abs(state.mu), block)
+  m = b1 * m_old + (1 - b1) * big
+  s_old = state.nu_scales if quantized[1] else block_max(state.nu, block)
+  s = b2 * s_old + (1 - b2) * (big + m) ** 2 + eps_root
+  s_max = np.maximum(state.nu_max_scales, s) if quantized[2] else None
+  return (m if quantized[0] else None), (s if quantized[1] else None), s_max
+
+
+def store(
+  x: np.ndarray, fmt: str | None, kind: str, scales: np.ndarray | None, block: int
+) -> np.ndarray:
+  """``x`` as stored in ``fmt``: a float format, or 8-bit blocks with ``scales``.
+
+  ``'int8'`` leaves too small for blocks (``scales is None``) are float32.
+  """
+  if fmt == 'int8':
+    if scales is None:
+      return round_to_format(x, 'float32')
+    return quantize_blocks(x, kind, scales, block)
+  return round_to_format(x, fmt)
 
 
 # ---------------------------------------------------------------------------
@@ -288,11 +341,17 @@ class LeafState:
     mu: The first moment ``m`` (complex128 for complex leaves).
     nu: The belief ``s`` (always real float64).
     nu_max: The running maximum of ``s``, used only with amsgrad.
+    mu_scales: The block scales of an 8-bit ``m`` (else ``None``).
+    nu_scales: Likewise for ``s``.
+    nu_max_scales: Likewise for the running maximum.
   """
 
   mu: np.ndarray
   nu: np.ndarray
   nu_max: np.ndarray
+  mu_scales: np.ndarray | None = None
+  nu_scales: np.ndarray | None = None
+  nu_max_scales: np.ndarray | None = None
 
   @classmethod
   def zeros_like(cls, leaf: np.ndarray) -> LeafState:
@@ -338,7 +397,8 @@ def leaf_direction(
   With a storage format, ``m_t`` is rounded to ``mu_format`` as soon as it is
   computed and ``s_t`` to ``nu_format``; everything after uses the rounded
   values (the maximum of two stored floats needs no rounding; 8-bit blocks
-  store it anew).
+  store it anew). 8-bit blocks (:func:`store`) take the scales of
+  :func:`int8_scale_bounds`.
 
   Args:
     state: The leaf's state after ``t - 1`` steps.
@@ -366,13 +426,18 @@ def leaf_direction(
     raise ValueError(f'step t must be >= 1, got {t}')
   g = as_float64(g)
   block = quantization_block_size
-  m = round_to_format(update_first_moment(state.mu, g, b1), mu_format, 'signed', block)
-  s = round_to_format(update_belief(state.nu, g, m, b2, eps_root), nu_format, 'nonnegative', block)
+  blocks = g.ndim >= 1 and g.size >= INT8_MIN_ELEMENTS
+  quantized = (mu_format == 'int8' and blocks, nu_format == 'int8' and blocks)
+  quantized += (amsgrad and quantized[1],)
+  scales: tuple[np.ndarray | None, ...] = (None, None, None)
+  if any(quantized):
+    scales = int8_scale_bounds(g, state, quantized, b1, b2, eps_root, block)
+  m = store(update_first_moment(state.mu, g, b1), mu_format, 'signed', scales[0], block)
+  s = store(update_belief(state.nu, g, m, b2, eps_root), nu_format, 'nonnegative', scales[1], block)
+  nu_max = state.nu_max
   if amsgrad:
-    nu_max = round_to_format(np.maximum(state.nu_max, s), nu_format, 'nonnegative', block)
-  else:
-    nu_max = state.nu_max
-  new_state = LeafState(mu=m, nu=s, nu_max=nu_max)
+    nu_max = store(np.maximum(state.nu_max, s), nu_format, 'nonnegative', scales[2], block)
+  new_state = LeafState(m, s, nu_max, *scales)
 
   if nesterov:
     m_hat = nesterov_first_moment_hat(m, g, b1, t)

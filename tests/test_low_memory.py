@@ -62,52 +62,59 @@ def _run(tx, params, grads_seq, jit: bool = True):
 EPS32 = 2.0**-24
 
 
-def _tie_gap(x: np.ndarray, fmt: str, kind: str, block: int) -> np.ndarray:
+def _tie_gap(
+  x: np.ndarray, fmt: str, kind: str, scales: np.ndarray | None, block: int
+) -> np.ndarray:
   """The absolute distance from each float64 value to the nearest rounding tie of ``fmt``.
 
   A tie is the midpoint of two neighbouring stored values: bfloat16 (or the
   float32 of small 8-bit leaves) values, or an 8-bit block's code values
-  times its scale (the block's largest magnitude).
+  times its scale.
   """
-  if fmt == 'bfloat16' or x.size < reference.INT8_MIN_ELEMENTS:
+  if fmt == 'bfloat16' or scales is None:
     bits = reference.SIGNIFICANT_BITS['float32' if fmt == 'int8' else fmt]
     fraction, exponent = np.frexp(x)
     scaled = np.abs(np.ldexp(fraction, bits))
     return np.abs(scaled - np.floor(scaled) - 0.5) * np.ldexp(1.0, exponent - bits)
-  _, levels, power = reference.INT8_MAPS[kind]
-  rows = np.abs(x.reshape(-1, x.shape[-1]))
-  starts = range(0, rows.shape[1], block)
-  scales = np.concatenate(
-    [
-      np.repeat(
-        rows[:, i : i + block].max(1, keepdims=True),
-        len(range(i, min(i + block, rows.shape[1]))),
-        1,
-      )
-      for i in starts
-    ],
-    axis=1,
-  )
-  v = rows / np.where(scales > 0, scales, 1)
-  low = np.clip(np.floor(v ** (1 / power) * levels), 0, levels - 1)
-  middle = ((low / levels) ** power + ((low + 1) / levels) ** power) / 2
-  return (np.abs(v - middle) * scales).reshape(x.shape)
+  values = reference.int8_values(kind)
+  middles = (values[1:] + values[:-1]) / 2
+  scale = reference.per_element(scales, block, x.shape[-1])
+  v = np.abs(x) / np.where(scale > 0, scale, 1)
+  nearest = np.abs(v[..., None] - middles).min(axis=-1)
+  return nearest * scale
 
 
-def _rounds_either_way(
-  raw: np.ndarray, error: np.ndarray, fmt: str, kind: str, block: int
-) -> np.ndarray:
+def _rounds_either_way(raw, error, fmt, kind, scales, block) -> np.ndarray:
   """Where float32 arithmetic (absolute error up to ``error``) may round otherwise than float64."""
-  return _tie_gap(raw, fmt, kind, block) <= error + 1e-6 * np.abs(raw)
+  return _tie_gap(raw, fmt, kind, scales, block) <= error + 1e-6 * np.abs(raw)
+
+
+def _is_quantized(x) -> bool:
+  return isinstance(x, _quantize.QuantizedArray)
 
 
 def _decoded(tree) -> list[np.ndarray]:
   """The stored moments' values, float64, leaf by leaf (8-bit blocks decoded)."""
-  is_q = lambda x: isinstance(x, _quantize.QuantizedArray)
   return [
-    np.asarray(_quantize.decode(x) if is_q(x) else x, np.float64)
-    for x in jax.tree.leaves(tree, is_leaf=is_q)
+    np.asarray(_quantize.decode(x) if _is_quantized(x) else x, np.float64)
+    for x in jax.tree.leaves(tree, is_leaf=_is_quantized)
   ]
+
+
+def _scales(tree) -> list[np.ndarray | None]:
+  """The block scales of 8-bit moments (None for float ones), leaf by leaf."""
+  return [
+    np.asarray(x.scales, np.float64) if _is_quantized(x) else None
+    for x in jax.tree.leaves(tree, is_leaf=_is_quantized)
+  ]
+
+
+def _oracle_states(state, amsgrad: bool) -> list:
+  """Our state as the oracle's leaf states (values decoded, block scales kept)."""
+  nu_max = state.nu_max if amsgrad else state.nu
+  trees = (state.mu, state.nu, nu_max)
+  columns = [*map(_decoded, trees), *map(_scales, trees)]
+  return [reference.LeafState(*leaf) for leaf in zip(*columns)]
 
 
 @pytest.mark.parametrize('fmt', ['bfloat16', 'int8'])
@@ -123,6 +130,7 @@ def test_round_to_nearest_state_matches_oracle(fmt, options):
   """
   block = 32
   params = _params()
+
   grads_seq = _grads(params, 25)
   dtype = jnp.int8 if fmt == 'int8' else jnp.bfloat16
   storage = dict(mu_dtype=dtype, nu_dtype=dtype, stochastic_rounding=False)
@@ -131,13 +139,14 @@ def test_round_to_nearest_state_matches_oracle(fmt, options):
   oracle = reference.BeliefOracle(leaves64(params), **hyper)
   state, update = tx.init(params), jax.jit(tx.update)
   for step, grads in enumerate(grads_seq, start=1):
-    nu_max = state.nu_max if options.get('amsgrad') else state.nu
-    oracle.states = [
-      reference.LeafState(*leaf) for leaf in zip(*map(_decoded, (state.mu, state.nu, nu_max)))
-    ]
+    oracle.states = _oracle_states(state, bool(options.get('amsgrad')))
     before, g64 = oracle.states, leaves64(grads)
     want = oracle.direction(g64)
     u, state = update(grads, state)
+    for got, new in zip(_oracle_states(state, bool(options.get('amsgrad'))), oracle.states):
+      for name in ('mu_scales', 'nu_scales', 'nu_max_scales'):
+        if getattr(new, name) is not None:  # 8-bit blocks: the oracle's bounds.
+          np.testing.assert_allclose(getattr(got, name), getattr(new, name), rtol=1e-6)
     leaves = zip(
       _decoded(state.mu), _decoded(state.nu), jax.tree.leaves(u), before, oracle.states, g64, want
     )
@@ -151,8 +160,9 @@ def test_round_to_nearest_state_matches_oracle(fmt, options):
       s_error = 4 * EPS32 * (s + 0.002 * np.abs(d) * (np.abs(g) + np.abs(new.mu)))
       m_differs = ~np.isclose(got_m, new.mu, rtol=1e-5, atol=0)  # Far below a code step.
       s_differs = ~np.isclose(got_s, new.nu, rtol=1e-5, atol=0) & ~m_differs
-      assert np.all(_rounds_either_way(m, m_error, fmt, 'signed', block)[m_differs]), step
-      assert np.all(_rounds_either_way(s, s_error, fmt, 'nonnegative', block)[s_differs]), step
+      m_ties = _rounds_either_way(m, m_error, fmt, 'signed', new.mu_scales, block)
+      s_ties = _rounds_either_way(s, s_error, fmt, 'nonnegative', new.nu_scales, block)
+      assert np.all(m_ties[m_differs]) and np.all(s_ties[s_differs]), step
       # Where the stored values agree, so does the direction that uses them.
       agree = ~(m_differs | s_differs)
       error = np.abs(np.asarray(got_u, np.float64) - want_u)[agree]
@@ -313,8 +323,10 @@ def test_inject_hyperparams_matches_constants(storage):
   injected, _ = _run(make(learning_rate=1e-2, **storage), params, grads_seq)
   constant, _ = _run(adabelief_jax.adabelief(1e-2, **storage), params, grads_seq)
   # float32 hyperparameters (injected) against float64 ones: an element may
-  # round the other way at a tie, moving its step by one storage step.
-  chex.assert_trees_all_close(injected, constant, rtol=2e-2, atol=1e-6)
+  # round the other way at a tie, moving its step by one storage step; no more.
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+  differ = ~np.isclose(flat(injected), flat(constant), rtol=1e-5, atol=1e-9)
+  assert differ.mean() < 0.01, differ.mean()
   with pytest.raises(ValueError, match="mu_dtype='bfloat16'"):
     tx = optax.inject_hyperparams(adabelief_jax.adabelief)(
       learning_rate=1e-2, mu_dtype=jnp.bfloat16
