@@ -68,18 +68,34 @@ _FORMATS = {
   jax.tree_util.register_dataclass, data_fields=['codes', 'scales'], meta_fields=['block_size']
 )
 @dataclasses.dataclass(frozen=True)
-class QuantizedArray:
-  """A moment stored as 8-bit codes and float32 block scales (a pytree node).
+class QuantizedMoment:
+  """A moment in 8-bit blocks: a tree of codes and a tree of block scales.
+
+  Both trees are structured like the parameters, with an array at each
+  parameter's place, as frameworks that wrap each parameter's state (Flax
+  NNX's ``nnx.Optimizer``) expect.
 
   Attributes:
-    codes: int8 (``m``) or uint8 (``s``) codes, shaped like the parameter.
-    scales: the float32 scale of each block: ``shape[:-1] + (blocks,)``.
-    block_size: elements per block along the last axis (static).
+    codes: int8 (``m``) or uint8 (``s``) codes shaped like each parameter;
+      float32 values for leaves too small for blocks.
+    scales: float32 block scales, ``shape[:-1] + (blocks,)``; a float32
+      scalar (0, unused) for float32 leaves: an array at every place, which
+      checkpointers and sharding tools handle (orbax refuses empty arrays).
+    block_size: the requested elements per block (static); a leaf's block is
+      that or its last axis, if shorter.
   """
 
   codes: Any
   scales: Any
   block_size: int
+
+
+class Blocks(NamedTuple):
+  """One leaf of a :class:`QuantizedMoment` in 8-bit blocks, while the update runs."""
+
+  codes: jax.Array
+  scales: jax.Array
+  block: int
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -87,7 +103,7 @@ class QuantizedArray:
 
   @property
   def dtype(self) -> jnp.dtype:
-    """The dtype the moment decodes to."""
+    """The dtype the leaf decodes to."""
     return jnp.dtype(jnp.float32)
 
   @property
@@ -110,14 +126,43 @@ def _block(block_size: Any, n: int) -> int:
   return min(int(block_size), n)
 
 
-def zeros(param: Any, kind: str, block_size: Any) -> QuantizedArray:
-  """A zero moment shaped (and, for arrays and structs, sharded) like ``param``."""
-  block = _block(block_size, param.shape[-1])
-  blocks = -(-param.shape[-1] // block)
-  return QuantizedArray(
-    codes=jnp.zeros_like(param, _FORMATS[kind].dtype),
-    scales=jnp.zeros((*param.shape[:-1], blocks), jnp.float32),
-    block_size=block,
+def moment_zeros(params: Any, kind: str, block_size: Any) -> QuantizedMoment:
+  """A zero 8-bit moment for ``params`` (arrays or ShapeDtypeStructs; sharded alike)."""
+  block_size = _block(block_size, 2**62)  # Static, whatever the leaves.
+
+  def codes(param: Any) -> jax.Array:
+    if kind == 'signed' and jnp.issubdtype(param.dtype, jnp.complexfloating):
+      raise ValueError(
+        'mu_dtype=int8 stores real moments; complex parameters need a float mu_dtype.'
+      )
+    dtype = _FORMATS[kind].dtype if is_quantized(param.shape) else jnp.float32
+    return jnp.zeros_like(param, dtype)
+
+  def scales(param: Any) -> jax.Array:
+    if not is_quantized(param.shape):
+      return jnp.zeros((), jnp.float32)
+    blocks = -(-param.shape[-1] // _block(block_size, param.shape[-1]))
+    return jnp.zeros((*param.shape[:-1], blocks), jnp.float32)
+
+  return QuantizedMoment(jax.tree.map(codes, params), jax.tree.map(scales, params), block_size)
+
+
+def leaves(moment: QuantizedMoment, treedef: Any) -> list[Any]:
+  """Each parameter's stored moment: :class:`Blocks`, or a float32 array."""
+  pairs = zip(treedef.flatten_up_to(moment.codes), treedef.flatten_up_to(moment.scales))
+  return [
+    Blocks(c, s, _block(moment.block_size, c.shape[-1])) if c.dtype != jnp.float32 else c
+    for c, s in pairs
+  ]
+
+
+def moment_of(like: QuantizedMoment, treedef: Any, stored: list[Any]) -> QuantizedMoment:
+  """The :class:`QuantizedMoment` of new per-leaf ``stored`` values (as :func:`leaves` gives)."""
+  unused = jnp.zeros((), jnp.float32)
+  codes = [x.codes if isinstance(x, Blocks) else x for x in stored]
+  scales = [x.scales if isinstance(x, Blocks) else unused for x in stored]
+  return QuantizedMoment(
+    jax.tree.unflatten(treedef, codes), jax.tree.unflatten(treedef, scales), like.block_size
   )
 
 
@@ -174,30 +219,28 @@ def _code(v: jax.Array, fmt: _Format, bits16: jax.Array | None) -> jax.Array:
   return jnp.where(v < v1, up.astype(jnp.int32), code)
 
 
-def decode(q: QuantizedArray, scales: jax.Array | None = None) -> jax.Array:
-  """The moment's values, float32 (with other block ``scales``, if given)."""
+def decode(q: Blocks) -> jax.Array:
+  """The leaf's values, float32."""
   fmt = _FORMATS[q.kind]
   codes = q.codes.astype(jnp.int32)
   magnitude = _magnitude(jnp.abs(codes), fmt)
-  scale = _per_element(q.scales if scales is None else scales, q.block_size, q.shape[-1])
+  scale = _per_element(q.scales, q.block, q.shape[-1])
   if q.kind == 'signed':
     magnitude = jnp.where(codes < 0, -magnitude, magnitude)
   return magnitude * scale
 
 
-def encode(
-  x: jax.Array, like: QuantizedArray, scales: jax.Array, bits16: jax.Array | None
-) -> QuantizedArray:
+def encode(x: jax.Array, like: Blocks, scales: jax.Array, bits16: jax.Array | None) -> Blocks:
   """``x`` (float32, ``|x|`` at most its block's entry of ``scales``) stored like ``like``."""
   fmt = _FORMATS[like.kind]
   # A reciprocal per block, multiplied by: an elementwise division would make
   # XLA keep intermediate arrays rather than recompute them.
   inverse = 1.0 / jnp.where(scales > 0, scales, 1.0)
-  v = jnp.abs(x) * _per_element(inverse, like.block_size, x.shape[-1])
+  v = jnp.abs(x) * _per_element(inverse, like.block, x.shape[-1])
   code = _code(v, fmt, bits16)
   if like.kind == 'signed':
     code = jnp.where(x < 0, -code, code)
-  return QuantizedArray(code.astype(fmt.dtype), scales, like.block_size)
+  return Blocks(code.astype(fmt.dtype), scales, like.block)
 
 
 class Bounds(NamedTuple):
@@ -216,10 +259,10 @@ def scale_bounds(g: jax.Array, m: Any, s: Any, s_max: Any, c: StepScalars) -> Bo
   ``|g - m_t| <= G + M'``, ``s_t <= b2 S + (1 - b2) (G + M')^2 + eps_root``.
   A float ``m`` bounds ``M`` by its block maxima (a reduction over an input).
   """
-  quantized = [isinstance(x, QuantizedArray) for x in (m, s, s_max)]
+  quantized = [isinstance(x, Blocks) for x in (m, s, s_max)]
   if not any(quantized):
     return Bounds(None, None, None)
-  block = next(x.block_size for x, q in zip((m, s, s_max), quantized) if q)
+  block = next(x.block for x, q in zip((m, s, s_max), quantized) if q)
   g_max = block_max(jnp.abs(g), block)
   m_old = m.scales if quantized[0] else block_max(jnp.abs(m), block)
   m_bound = jnp.asarray(c.b1 * m_old + c.one_minus_b1 * g_max)

@@ -16,26 +16,47 @@ import jax
 import jax.numpy as jnp
 
 from adabelief_jax import _quantize, _rounding
+from adabelief_jax._hyperparams import default_state_dtype
 
-Moment = Any  # A jax.Array, or a _quantize.QuantizedArray.
+Moment = Any  # One parameter's stored moment: a jax.Array, or _quantize.Blocks.
 
 
-def zeros(param: Any, dtype: jnp.dtype, kind: str, block_size: Any) -> Moment:
-  """The zero moment of ``param`` (an array or ShapeDtypeStruct) in ``dtype``.
+def zeros(params: Any, requested: jnp.dtype | None, kind: str, block_size: Any) -> Any:
+  """The zero moment tree of ``params`` (arrays or ShapeDtypeStructs, sharded alike).
 
-  ``dtype`` int8 asks for 8-bit blocks (``kind`` 'signed' for ``m``,
-  'nonnegative' for ``s``); leaves too small for them stay float32.
+  ``requested`` int8 asks for 8-bit blocks (``kind`` 'signed' for ``m``,
+  'nonnegative' for ``s``): a :class:`_quantize.QuantizedMoment`. Otherwise
+  each leaf takes ``requested``, or by default float32 for 16-bit parameters
+  and the parameter's dtype otherwise (real for ``s``).
   """
-  if dtype == jnp.int8:
-    if _quantize.is_quantized(param.shape):
-      return _quantize.zeros(param, kind, block_size)
-    dtype = jnp.dtype(jnp.float32)
-  return jnp.zeros_like(param, dtype)
+  if requested == jnp.int8:
+    return _quantize.moment_zeros(params, kind, block_size)
+
+  def leaf(param: Any) -> jax.Array:
+    real = jnp.finfo(param.dtype).dtype  # s is real for complex parameters.
+    dtype = default_state_dtype(param.dtype if kind == 'signed' else real, requested)
+    return jnp.zeros_like(param, dtype)
+
+  return jax.tree.map(leaf, params)
+
+
+def leaves(moment: Any, treedef: Any) -> list[Moment]:
+  """A moment tree's per-parameter stored moments, in ``treedef``'s order."""
+  if isinstance(moment, _quantize.QuantizedMoment):
+    return _quantize.leaves(moment, treedef)
+  return list(treedef.flatten_up_to(moment))
+
+
+def tree(like: Any, treedef: Any, stored: list[Moment]) -> Any:
+  """The moment tree of new per-parameter ``stored`` moments, made like ``like``."""
+  if isinstance(like, _quantize.QuantizedMoment):
+    return _quantize.moment_of(like, treedef, stored)
+  return jax.tree.unflatten(treedef, stored)
 
 
 def load(moment: Moment, dtype: jnp.dtype) -> jax.Array:
   """The stored moment's values in ``dtype``."""
-  if isinstance(moment, _quantize.QuantizedArray):
+  if isinstance(moment, _quantize.Blocks):
     return _quantize.decode(moment).astype(dtype)
   return moment.astype(dtype)
 
@@ -49,7 +70,7 @@ def store(
   rounds to nearest. An 8-bit moment takes its new block ``scales`` (bounds of
   ``|x|``, see :func:`_quantize.scale_bounds`).
   """
-  if isinstance(like, _quantize.QuantizedArray):
+  if isinstance(like, _quantize.Blocks):
     if scales is None:
       raise ValueError('storing an 8-bit moment needs its new block scales')
     stored = _quantize.encode(x, like, scales, bits16)
@@ -60,6 +81,6 @@ def store(
 
 def rounds(moment: Moment, compute: jnp.dtype) -> bool:
   """Whether storing a ``compute``-dtype value into ``moment`` loses precision."""
-  if isinstance(moment, _quantize.QuantizedArray):
+  if isinstance(moment, _quantize.Blocks):
     return True
   return bool(_rounding.is_narrower(jnp.finfo(moment.dtype).dtype, jnp.finfo(compute).dtype))

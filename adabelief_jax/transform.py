@@ -20,7 +20,6 @@ from adabelief_jax._hyperparams import (
   DEFAULTS,
   BeliefHyperparams,
   BeliefOptions,
-  default_state_dtype,
   takes_belief_options,
 )
 from adabelief_jax._scalars import StepScalars, step_scalars
@@ -113,7 +112,7 @@ def _leaf_bits(leaf: _Leaf, index: int, count: jax.Array, hp: BeliefHyperparams)
   shape = leaf.update.shape
   mu, nu = _rounding.halves(_rounding.random_bits(shape, hp.rounding_seed, count, index, 0))
   nu_max = None
-  if wanted[2] and isinstance(leaf.nu_max, _quantize.QuantizedArray):
+  if wanted[2] and isinstance(leaf.nu_max, _quantize.Blocks):
     nu_max = _rounding.halves(_rounding.random_bits(shape, hp.rounding_seed, count, index, 1))[0]
   return _Bits(mu if wanted[0] else None, nu if wanted[1] else None, nu_max)
 
@@ -133,9 +132,9 @@ def _belief_state(state: optax.OptState) -> ScaleByBeliefState:
 def _leaves(updates: optax.Updates, state: ScaleByBeliefState, amsgrad: bool) -> list[_Leaf]:
   """The updates and the state, leaf by leaf, after checking that they match.
 
-  The state's moments must have the updates' structure (an 8-bit moment is a
-  node where the updates have a leaf) and every moment its update's shape: a
-  moment that broadcast against a gradient of another shape would silently
+  The state's moments must have the updates' structure (an 8-bit moment has
+  it twice, in its codes and its scales) and every moment its update's shape:
+  a moment that broadcast against a gradient of another shape would silently
   grow.
   """
   paths, structure = jax.tree_util.tree_flatten_with_path(updates)
@@ -143,7 +142,7 @@ def _leaves(updates: optax.Updates, state: ScaleByBeliefState, amsgrad: bool) ->
   _checks.check_inexact_leaves(updates, 'updates')
   moments = [state.mu, state.nu] + ([state.nu_max] if amsgrad else [])
   try:
-    columns = [treedef.flatten_up_to(tree) for tree in moments]
+    columns = [_storage.leaves(tree, treedef) for tree in moments]
   except (ValueError, TypeError) as error:
     raise ValueError(
       'scale_by_belief: the updates do not have the structure of the state they were '
@@ -173,21 +172,15 @@ def _update_leaves(leaves: list[_Leaf], count: jax.Array, hp: BeliefHyperparams)
 def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
   """:func:`scale_by_belief` configured by a :class:`BeliefHyperparams` record."""
 
-  def moment(param: Any, requested: jnp.dtype | None, kind: str) -> Any:
-    real = jnp.finfo(param.dtype).dtype  # s is real for complex parameters.
-    dtype = default_state_dtype(param.dtype if kind == 'signed' else real, requested)
-    return _storage.zeros(param, dtype, kind, hp.quantization_block_size)
-
   def init_fn(params: optax.Params) -> ScaleByBeliefState:
     _checks.check_inexact_leaves(params, 'params')
-    mu = jax.tree.map(lambda p: moment(p, hp.mu_dtype, 'signed'), params)
-    nu = jax.tree.map(lambda p: moment(p, hp.nu_dtype, 'nonnegative'), params)
-    nu_max = jax.tree.map(lambda p: moment(p, hp.nu_dtype, 'nonnegative'), params)
+    block = hp.quantization_block_size
+    nu_zeros = lambda: _storage.zeros(params, hp.nu_dtype, 'nonnegative', block)
     return ScaleByBeliefState(
       count=jnp.zeros([], jnp.int32),
-      mu=mu,
-      nu=nu,
-      nu_max=nu_max if hp.amsgrad else optax.EmptyState(),
+      mu=_storage.zeros(params, hp.mu_dtype, 'signed', block),
+      nu=nu_zeros(),
+      nu_max=nu_zeros() if hp.amsgrad else optax.EmptyState(),
     )
 
   def update_fn(
@@ -200,12 +193,12 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     new = _update_leaves(leaves, count, hp)
     treedef = jax.tree.structure(updates)
 
-    def tree(field: str) -> Any:
-      return jax.tree.unflatten(treedef, [getattr(leaf, field) for leaf in new])
+    def moment(field: str) -> Any:
+      return _storage.tree(getattr(state, field), treedef, [getattr(n, field) for n in new])
 
-    u = jax.tree.map(lambda u, g: u.astype(g.dtype), tree('update'), updates)
-    nu_max = tree('nu_max') if hp.amsgrad else state.nu_max
-    return u, ScaleByBeliefState(count, tree('mu'), tree('nu'), nu_max)
+    u = jax.tree.unflatten(treedef, [n.update.astype(x.update.dtype) for n, x in zip(new, leaves)])
+    nu_max = moment('nu_max') if hp.amsgrad else state.nu_max
+    return u, ScaleByBeliefState(count, moment('mu'), moment('nu'), nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

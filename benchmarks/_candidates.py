@@ -31,6 +31,7 @@ from benchmarks._trees import Problem, PyTree, nbytes, step_bytes
 LR = 1e-3
 WEIGHT_DECAY = 1e-4
 BF16 = jnp.dtype(jnp.bfloat16)
+INT8 = jnp.dtype(jnp.int8)
 
 Family = Literal['adabelief_jax', 'optax', 'torch', 'floor']
 MakeTx = Callable[[jnp.dtype | None], optax.GradientTransformation]
@@ -237,6 +238,22 @@ CANDIDATES: dict[str, Candidate] = {
     _adabelief('adabelief_amsgrad', 'adabelief_jax amsgrad', amsgrad=True),
     _adabelief('adabelief_rectify', 'adabelief_jax rectify', rectify=True),
     _adabelief('adabelief_bf16_state', 'adabelief_jax bf16 m,s', mu_dtype=BF16, nu_dtype=BF16),
+    _adabelief(
+      'adabelief_bf16_rtn',
+      'adabelief_jax bf16 m,s to nearest',
+      mu_dtype=BF16,
+      nu_dtype=BF16,
+      stochastic_rounding=False,
+    ),
+    _adabelief('adabelief_int8', 'adabelief_jax int8 m,s', mu_dtype=INT8, nu_dtype=INT8),
+    _adabelief(
+      'adabelief_int8_rtn',
+      'adabelief_jax int8 m,s to nearest',
+      mu_dtype=INT8,
+      nu_dtype=INT8,
+      stochastic_rounding=False,
+    ),
+    _adabelief('adabelief_bf16_int8', 'adabelief_jax bf16 m, int8 s', mu_dtype=BF16, nu_dtype=INT8),
     _jax('optax_adam', 'optax.adam', 'optax', lambda sd: optax.adam(LR, mu_dtype=sd)),
     _jax(
       'optax_adamw',

@@ -202,13 +202,24 @@ def bits_per_char(model: CharLSTM, x: np.ndarray, y: np.ndarray, batch: int = 25
 
 
 def train_run(
-  name: str, lr: float, seed: int, data: Data, vocab: int, args: argparse.Namespace, progress: tqdm
+  name: str,
+  lr: float,
+  seed: int,
+  data: Data,
+  vocab: int,
+  args: argparse.Namespace,
+  progress: tqdm,
+  make_tx: Callable[[float], optax.GradientTransformation] | None = None,
 ) -> dict:
-  """One model trained with one optimizer, lr and seed; per-evaluation curves."""
+  """One model trained with one optimizer, lr and seed; per-evaluation curves.
+
+  ``make_tx(lr)`` builds the optimizer (default: ``name``'s in OPTIMIZERS);
+  benchmarks/mixed_precision.py passes AdaBelief with other state storages.
+  """
   x_train, y_train = data['train']
   rng = _common.seed_everything(seed)  # Window order.
   model = CharLSTM(vocab, args.embed, args.hidden, rngs=nnx.Rngs(seed))
-  tx = optax.chain(optax.clip_by_global_norm(CLIP_NORM), OPTIMIZERS[name][1](lr))
+  tx = optax.chain(optax.clip_by_global_norm(CLIP_NORM), (make_tx or OPTIMIZERS[name][1])(lr))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   step = nnx.cached_partial(train_step, model, optimizer)
   steps = len(x_train) // args.batch_size

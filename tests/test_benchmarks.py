@@ -120,7 +120,10 @@ def test_step_time(tmp_path, capsys):
   assert bytes_per_param['floor'] == 28
   assert bytes_per_param['copy'] == 28
   assert bytes_per_param['adabelief_amsgrad'] == 36
-  assert bytes_per_param['adabelief_bf16_state'] == 20
+  assert bytes_per_param['adabelief_bf16_state'] == bytes_per_param['adabelief_bf16_rtn'] == 20
+  # 8-bit state: 1 byte per moment and element, plus a float32 scale per 256 (or fewer).
+  for mode, state_bytes in [('adabelief_int8', 2), ('adabelief_bf16_int8', 3)]:
+    assert 12 + 2 * state_bytes < bytes_per_param[mode] < 12 + 2 * (state_bytes + 0.05)
   rows = _table_cells(printed, 'candidate')
   assert len(rows) == len(data['results'])
   _assert_positive_cells(rows, skip_columns=1)

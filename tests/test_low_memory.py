@@ -89,23 +89,26 @@ def _rounds_either_way(raw, error, fmt, kind, scales, block) -> np.ndarray:
   return _tie_gap(raw, fmt, kind, scales, block) <= error + 1e-6 * np.abs(raw)
 
 
-def _is_quantized(x) -> bool:
-  return isinstance(x, _quantize.QuantizedArray)
+def _stored(moment) -> list:
+  """A moment tree's per-leaf stored moments: _quantize.Blocks, or float arrays."""
+  if isinstance(moment, _quantize.QuantizedMoment):
+    return _quantize.leaves(moment, jax.tree.structure(moment.codes))
+  return jax.tree.leaves(moment)
 
 
-def _decoded(tree) -> list[np.ndarray]:
+def _decoded(moment) -> list[np.ndarray]:
   """The stored moments' values, float64, leaf by leaf (8-bit blocks decoded)."""
   return [
-    np.asarray(_quantize.decode(x) if _is_quantized(x) else x, np.float64)
-    for x in jax.tree.leaves(tree, is_leaf=_is_quantized)
+    np.asarray(_quantize.decode(x) if isinstance(x, _quantize.Blocks) else x, np.float64)
+    for x in _stored(moment)
   ]
 
 
-def _scales(tree) -> list[np.ndarray | None]:
-  """The block scales of 8-bit moments (None for float ones), leaf by leaf."""
+def _scales(moment) -> list[np.ndarray | None]:
+  """The block scales of 8-bit leaves (None for float ones), leaf by leaf."""
   return [
-    np.asarray(x.scales, np.float64) if _is_quantized(x) else None
-    for x in jax.tree.leaves(tree, is_leaf=_is_quantized)
+    np.asarray(x.scales, np.float64) if isinstance(x, _quantize.Blocks) else None
+    for x in _stored(moment)
   ]
 
 
@@ -247,14 +250,14 @@ def test_state_is_a_pytree_whose_structure_depends_on_configuration_only(storage
   other = scale_by_belief(**storage, amsgrad=True).init(jax.tree.map(lambda p: 3 * p, params))
   assert jax.tree.structure(state) == jax.tree.structure(other)
   for moment in (state.mu, state.nu, state.nu_max):
-    w, b = moment['w'], moment['b']
     if storage is INT8:  # The matrix in 8-bit blocks (two per row: 64 + 36), the bias in float32.
-      assert isinstance(w, _quantize.QuantizedArray) and w.shape == (48, 100)
-      assert w.scales.shape == (48, 2) and w.scales.dtype == jnp.float32
-      assert w.codes.dtype == (jnp.int8 if moment is state.mu else jnp.uint8)
-      assert b.dtype == jnp.float32
+      assert isinstance(moment, _quantize.QuantizedMoment)
+      w, b = moment.codes['w'], moment.codes['b']
+      assert w.shape == (48, 100) and w.dtype == (jnp.int8 if moment is state.mu else jnp.uint8)
+      assert moment.scales['w'].shape == (48, 2) and moment.scales['w'].dtype == jnp.float32
+      assert b.dtype == jnp.float32 and moment.scales['b'].shape == ()
     else:
-      assert w.dtype == b.dtype == jnp.bfloat16
+      assert moment['w'].dtype == moment['b'].dtype == jnp.bfloat16
   abstract = jax.eval_shape(scale_by_belief(**storage).init, params)
   assert jax.tree.structure(abstract) == jax.tree.structure(scale_by_belief(**storage).init(params))
   # The 8-bit block size belongs to the structure: states of other sizes do not mix.
@@ -509,3 +512,32 @@ def test_float16_mu_and_complex_mu_are_accepted():
   assert scale_by_belief(mu_dtype=jnp.float16).init({'w': jnp.ones(3)}).mu['w'].dtype == jnp.float16
   params = {'z': jnp.ones(3, jnp.complex64)}
   assert scale_by_belief(mu_dtype=jnp.complex64).init(params).mu['z'].dtype == jnp.complex64
+
+
+def test_flax_nnx_optimizer_with_cached_partial(storage):
+  """nnx.Optimizer wraps each parameter's state in a Variable: every moment has
+  an array at each parameter's place, so the state survives NNX's graph
+  round trips (cached_partial), and the steps are those of a plain loop."""
+  from flax import nnx
+
+  model = nnx.Linear(64, 128, rngs=nnx.Rngs(0))
+  graphdef, plain = nnx.split(nnx.clone(model))  # A copy: the model's Variables change.
+  tx = adabelief_jax.adabelief(1e-2, **storage)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 64)), jnp.float32)
+  loss = lambda model: jnp.mean(jnp.square(model(x) - 1.0))
+
+  @nnx.jit
+  def step(model, optimizer):
+    optimizer.update(model, nnx.grad(loss)(model))
+
+  cached = nnx.cached_partial(step, model, optimizer)
+  for _ in range(3):
+    cached()
+  # The same three steps on plain pytrees.
+  state = tx.init(plain)
+  for _ in range(3):
+    grads = jax.grad(lambda p: loss(nnx.merge(graphdef, p)))(plain)
+    updates, state = jax.jit(tx.update)(grads, state, plain)
+    plain = optax.apply_updates(plain, updates)
+  chex.assert_trees_all_close(nnx.split(model)[1], plain, rtol=1e-6, atol=1e-7)

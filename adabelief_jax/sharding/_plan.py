@@ -14,7 +14,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from adabelief_jax._quantize import QuantizedArray
 from adabelief_jax.sharding._specs import fit_spec, shard_bytes, spec_str, zero_spec
 
 PyTree = Any
@@ -203,20 +202,26 @@ class _Moment:
   """Where the moments of one parameter go (a leaf of a params-like tree)."""
 
   param: str
+  param_shape: tuple[int, ...]
   param_sharding: NamedSharding
   sharding: NamedSharding
   note: str
 
 
 def _placement(
-  where: str, sharding: NamedSharding, shape: tuple[int, ...], shard_axis: str | None, block: int
+  where: str,
+  sharding: NamedSharding,
+  shape: tuple[int, ...],
+  shard_axis: str | None,
+  block: int = 1,
+  param_shape: tuple[int, ...] | None = None,
 ) -> _Moment:
-  """Where a moment of a parameter at ``where``, sharded by ``sharding``, goes."""
+  """Where a state leaf of ``shape``, mirroring the parameter at ``where``, goes."""
   spec, note = sharding.spec, ''
   if shard_axis is not None:
     spec, note = zero_spec(shape, spec, sharding.mesh, shard_axis, block)
   moment = sharding if spec == sharding.spec else sharding.update(spec=spec)
-  return _Moment(where, sharding, moment, note)
+  return _Moment(where, param_shape or shape, sharding, moment, note)
 
 
 def moments(params: PyTree, mesh: Mesh, shard_axis: str | None) -> PyTree:
@@ -226,26 +231,29 @@ def moments(params: PyTree, mesh: Mesh, shard_axis: str | None) -> PyTree:
     sharding = getattr(leaf, 'sharding', None)
     if not isinstance(sharding, NamedSharding):
       sharding = NamedSharding(mesh, PartitionSpec())  # Unsharded: replicated.
-    return _placement(jax.tree_util.keystr(path), sharding, tuple(np.shape(leaf)), shard_axis, 1)
+    return _placement(jax.tree_util.keystr(path), sharding, tuple(np.shape(leaf)), shard_axis)
 
   return jax.tree_util.tree_map_with_path(one, params)
 
 
 def _place(leaf: Any, moment: _Moment, shard_axis: str | None) -> Any:
-  """The placement of a state leaf (or 8-bit node) that mirrors ``moment``'s param.
+  """The placement of a state leaf that mirrors ``moment``'s parameter.
 
-  An 8-bit moment's codes keep whole blocks on every device; its scales follow
-  the codes where the sharding divides them.
+  8-bit codes (int8 and uint8 leaves of the parameter's shape) keep whole rows,
+  hence whole blocks, on every device. Block scales (leaves of another shape)
+  take the parameter's spec where it divides their shape.
   """
   if _is_masked(leaf):
     return leaf  # A masked-out parameter: keep the empty node.
-  if not isinstance(leaf, QuantizedArray):
+  shape = tuple(leaf.shape)
+  if shape == moment.param_shape and leaf.dtype not in (jnp.int8, jnp.uint8):
     return moment
-  codes = _placement(moment.param, moment.param_sharding, leaf.shape, shard_axis, leaf.block_size)
-  mesh, spec = codes.sharding.mesh, codes.sharding.spec
-  scales_spec = fit_spec(spec, tuple(leaf.scales.shape), mesh)
-  scales = dataclasses.replace(codes, sharding=codes.sharding.update(spec=scales_spec))
-  return QuantizedArray(codes, scales, leaf.block_size)
+  sharding = moment.param_sharding
+  if shape == moment.param_shape:
+    whole_rows = shape[-1] if len(shape) > 1 else 1
+    return _placement(moment.param, sharding, shape, shard_axis, whole_rows, moment.param_shape)
+  sharding = sharding.update(spec=fit_spec(sharding.spec, shape, sharding.mesh))
+  return _placement(moment.param, sharding, shape, shard_axis, param_shape=moment.param_shape)
 
 
 def _not_a_moment(subtree: PyTree) -> PyTree:
@@ -254,10 +262,6 @@ def _not_a_moment(subtree: PyTree) -> PyTree:
 
 def _is_masked(x: Any) -> bool:
   return isinstance(x, optax.MaskedNode)
-
-
-def _is_moment_leaf(x: Any) -> bool:
-  return isinstance(x, optax.MaskedNode | QuantizedArray)
 
 
 def _leaf_plan(path: Any, leaf: Any, moment: _Moment | None, sharding: NamedSharding) -> LeafPlan:
@@ -332,7 +336,7 @@ def plan(
     abstract,
     moments(params, mesh, shard_axis),
     transform_non_params=_not_a_moment,
-    is_leaf=_is_moment_leaf,
+    is_leaf=_is_masked,
   )
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   flat_moments = treedef.flatten_up_to(placed)  # type: ignore[attr-defined]  # jaxlib has no stubs.
