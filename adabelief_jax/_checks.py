@@ -18,18 +18,35 @@ import numpy as np
 def check_scalar(
   name: str, value: Any, condition: Callable[[float], bool], requirement: str
 ) -> None:
-  """Raises ``ValueError`` when a concrete ``value`` fails ``condition``."""
+  """Raises ``ValueError`` when a concrete ``value`` is not finite or fails ``condition``.
+
+  An infinite ``eps`` or learning rate would not fail a ``>= 0`` test, but
+  would silently stop training or turn it to NaN.
+  """
   if callable(value) or isinstance(value, jax.core.Tracer):
     return
   array = np.asarray(value)
-  if array.ndim != 0 or not np.issubdtype(array.dtype, np.number):
+  if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
     raise ValueError(f'{name} must be a real scalar, got {value!r}.')
+  if np.iscomplexobj(array) or not np.isfinite(array):
+    raise ValueError(f'{name} must be a finite real number, got {value!r}.')
   if not condition(float(array)):
     raise ValueError(f'{name} must be {requirement}, got {value!r}.')
 
 
 def check_decay(name: str, value: Any) -> None:
   check_scalar(name, value, lambda v: 0.0 <= v < 1.0, 'in [0, 1)')
+
+
+def check_first_decay(name: str, value: Any) -> None:
+  """``b1`` in (0, 1): with ``b1 = 0``, ``m = g``, so ``s`` is only ``eps_root``."""
+  check_scalar(
+    name,
+    value,
+    lambda v: 0.0 < v < 1.0,
+    'in (0, 1): with b1 = 0 the momentum is the gradient, the prediction error '
+    'g - m is 0, s is only eps_root and steps are about g / sqrt(eps_root)',
+  )
 
 
 def check_nonnegative(name: str, value: Any) -> None:
@@ -115,4 +132,53 @@ def check_same_shapes(where: str, update: Any, moments: tuple[Any, ...]) -> None
         f'scale_by_belief: updates{where or "<root>"} has shape {tuple(update.shape)} but '
         f'state.{name}{where} has shape {tuple(moment.shape)}: the state was made for other '
         'parameters. Build it with tx.init(params) for the parameters you update.'
+      )
+
+
+def as_arrays(tree: Any) -> Any:
+  """Python and NumPy numbers and arrays in ``tree`` as JAX arrays, as optax accepts them.
+
+  Arrays, ShapeDtypeStructs and other leaves are left as they are.
+  """
+  numeric = (int, float, complex, np.ndarray, np.generic)
+  return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, numeric) else x, tree)
+
+
+def check_mask(mask: Any, params: Any) -> None:
+  """Raises ``ValueError`` unless ``mask`` is a tree of booleans with a prefix of ``params``' structure."""
+  try:
+    jax.tree.map(lambda m, p: None, mask, params)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+      'weight_decay_mask must have the structure of the params (or a prefix of it), with '
+      f'True where weight decay applies.\n  weight_decay_mask: {jax.tree.structure(mask)}\n'
+      f'  params:            {jax.tree.structure(params)}'
+    ) from error
+  for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+    if np.asarray(leaf).dtype != np.bool_:
+      raise ValueError(
+        f'weight_decay_mask{jax.tree_util.keystr(path)} must be a boolean (True where weight '
+        f'decay applies), got {leaf!r}.'
+      )
+
+
+def raise_if_invalid(values: dict[str, Any]) -> None:
+  """Host callback of ``check_hyperparams``: the traced hyperparameters' values, checked."""
+  limits = {
+    'b1': (0.0, 1.0, False),
+    'b2': (0.0, 1.0, True),
+    'eps': (0.0, np.inf, True),
+    'eps_root': (0.0, np.inf, True),
+    'learning_rate': (0.0, np.inf, True),
+    'weight_decay': (0.0, np.inf, True),
+  }
+  for name, value in values.items():
+    low, high, low_ok = limits[name]
+    v = float(np.asarray(value))
+    if not (np.isfinite(v) and (v >= low if low_ok else v > low) and (v < high or high == np.inf)):
+      bound = '[' if low_ok else '('
+      raise ValueError(
+        f'{name} = {v!r} at this step, outside {bound}{low}, {high}): check_hyperparams '
+        'caught a hyperparameter that was traced (optax.inject_hyperparams or a '
+        'schedule) and so escaped the checks at construction.'
       )

@@ -46,10 +46,11 @@ class BeliefHyperparams:
   stochastic_rounding: bool = True
   rounding_seed: int = 0  # A traced integer under optax.inject_hyperparams.
   quantization_block_size: int = 256  # Likewise; 8-bit state then needs it static.
+  check_hyperparams: bool = False
   torch_rectified_eps: bool = False
 
   def __post_init__(self) -> None:
-    _checks.check_decay('b1', self.b1)
+    _checks.check_first_decay('b1', self.b1)
     _checks.check_decay('b2', self.b2)
     _checks.check_nonnegative('eps', self.eps)
     _checks.check_nonnegative('eps_root', self.eps_root)
@@ -61,6 +62,10 @@ class BeliefHyperparams:
     # may hand them over as (traced) arrays, which are checked where used.
     for name, minimum in (('rounding_seed', 0), ('quantization_block_size', 1)):
       object.__setattr__(self, name, _checks.check_integer(name, getattr(self, name), minimum))
+
+  def numeric(self) -> dict[str, Any]:
+    """The numeric hyperparameters ``check_hyperparams`` checks at every step."""
+    return {name: getattr(self, name) for name in ('b1', 'b2', 'eps', 'eps_root')}
 
 
 DEFAULTS = BeliefHyperparams()
@@ -83,6 +88,7 @@ class BeliefOptions(TypedDict, total=False):
   stochastic_rounding: bool
   rounding_seed: int
   quantization_block_size: int
+  check_hyperparams: bool
 
 
 F = TypeVar('F', bound=Callable[..., Any])

@@ -169,12 +169,24 @@ def moment_of(like: QuantizedMoment, treedef: Any, stored: list[Any]) -> Quantiz
 def block_max(x: jax.Array, block: int) -> jax.Array:
   """The maximum of ``x`` (non-negative) over each block of its last axis.
 
-  A reduce-window, not a reshape and a max: XLA:CPU then reads ``x`` once,
-  with no temporary copy (measured 9x faster on a 32 MB leaf).
+  On CPU a reduce-window: XLA:CPU then reads ``x`` once, where a reshape and
+  a maximum kept a temporary copy (9x slower on a 32 MB leaf). Elsewhere a
+  reshape and a maximum, which XLA:GPU emits as a reduction kernel, where its
+  reduce-window loops over each window (the int8 step 1.28x the float32 one
+  on an H100 against 1.13x).
   """
-  window = (1,) * (x.ndim - 1) + (block,)
-  padding = [(0, 0)] * (x.ndim - 1) + [(0, -x.shape[-1] % block)]
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, padding)
+  n = x.shape[-1]
+  pad = [(0, 0)] * (x.ndim - 1) + [(0, -n % block)]
+
+  def windows(x: jax.Array) -> jax.Array:
+    window = (1,) * (x.ndim - 1) + (block,)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, pad)
+
+  def rows(x: jax.Array) -> jax.Array:
+    padded = jnp.pad(x, pad)
+    return jnp.max(padded.reshape(*x.shape[:-1], padded.shape[-1] // block, block), axis=-1)
+
+  return jax.lax.platform_dependent(x, cpu=windows, default=rows)
 
 
 def _per_element(scales: jax.Array, block: int, n: int) -> jax.Array:

@@ -84,3 +84,20 @@ def rounds(moment: Moment, compute: jnp.dtype) -> bool:
   if isinstance(moment, _quantize.Blocks):
     return True
   return bool(_rounding.is_narrower(jnp.finfo(moment.dtype).dtype, jnp.finfo(compute).dtype))
+
+
+def made_as(moment: Any, requested: jnp.dtype) -> bool:
+  """Whether ``moment`` (a tree) is what ``requested`` (not None) makes."""
+  if requested == jnp.int8:
+    return isinstance(moment, _quantize.QuantizedMoment)
+  if isinstance(moment, _quantize.QuantizedMoment):
+    return False
+  return all(leaf.dtype == requested for leaf in jax.tree.leaves(moment))
+
+
+def describe(moment: Any) -> str:
+  """What a moment tree is stored as, for error messages."""
+  if isinstance(moment, _quantize.QuantizedMoment):
+    return '8-bit blocks (int8)'
+  dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(moment)})
+  return ', '.join(dtypes) or 'no leaves'

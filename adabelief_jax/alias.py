@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Unpack, get_args
 
 import chex
+import jax
 import optax
 
 from adabelief_jax import _checks
@@ -15,7 +16,7 @@ from adabelief_jax._hyperparams import (
   BeliefOptions,
   takes_belief_options,
 )
-from adabelief_jax.transform import scale_by_belief_from
+from adabelief_jax.transform import ScaleByBeliefState, scale_by_belief_from
 
 WeightDecayMode = Literal['decoupled', 'fixed', 'l2']
 WEIGHT_DECAY_MODES: tuple[str, ...] = get_args(WeightDecayMode)
@@ -28,18 +29,71 @@ def _negated(value: Any) -> Any:
   return -value
 
 
+def _decayed_weights(weight_decay: Any, mask: Any) -> optax.GradientTransformation:
+  """``optax.add_decayed_weights``, whose init checks ``mask`` against the params.
+
+  A mask of the wrong structure, or of non-booleans, would otherwise fail in
+  the update with an error that names neither the mask nor the leaf.
+  """
+  inner = optax.add_decayed_weights(weight_decay, mask)
+
+  def init_fn(params: optax.Params) -> optax.OptState:
+    if mask is not None:
+      _checks.check_mask(mask(params) if callable(mask) else mask, params)
+    return inner.init(params)
+
+  return optax.GradientTransformation(init_fn, inner.update)
+
+
+def _checked(
+  chain: optax.GradientTransformationExtraArgs,
+  weight_decay_mode: str,
+  runtime_values: dict[str, Any] | None,
+) -> optax.GradientTransformationExtraArgs:
+  """``chain``, whose update first checks that the state has this mode's layout.
+
+  The 'l2' chain starts with the decay, the others with the belief state: a
+  state of the other layout is named as such, not left to fail as an
+  EmptyState where a ScaleByBeliefState was expected. With
+  ``runtime_values``, a host callback checks them at every step.
+  """
+  belief_at = 1 if weight_decay_mode == 'l2' else 0
+
+  def update_fn(updates: Any, state: Any, params: Any = None, **extra: Any) -> Any:
+    found = [
+      i
+      for i, s in enumerate(state if isinstance(state, tuple | list) else ())
+      if isinstance(s, ScaleByBeliefState)
+    ]
+    if found and found != [belief_at]:
+      made = "'l2'" if found == [1] else "'decoupled' or 'fixed'"
+      raise ValueError(
+        f'adabelief: weight_decay_mode={weight_decay_mode!r}, but the state was made with '
+        f'weight_decay_mode={made}. Build the state with this optimizer (tx.init(params)), '
+        'or construct the optimizer with the mode the state was made with.'
+      )
+    if runtime_values is not None:
+      jax.debug.callback(_checks.raise_if_invalid, runtime_values)
+    return chain.update(updates, state, params, **extra)
+
+  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
+
+
 def chain_with_weight_decay(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
   weight_decay_mask: Any,
   weight_decay_mode: str,
   belief: optax.GradientTransformation,
+  check_hyperparams: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """``belief`` between weight decay in ``weight_decay_mode`` and the learning rate.
 
   The chain is ``[l2 decay] -> belief -> [decoupled decay] ->
   scale_by_learning_rate -> [fixed decay]``: the building block of
-  :func:`~adabelief_jax.adabelief` and of :mod:`adabelief_jax.compat`.
+  :func:`~adabelief_jax.adabelief` and of :mod:`adabelief_jax.compat`. With
+  ``check_hyperparams``, numeric (not scheduled) learning rate and weight
+  decay are checked at every step as well.
   """
   _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_nonnegative('weight_decay', weight_decay)
@@ -48,17 +102,20 @@ def chain_with_weight_decay(
       f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}.'
     )
   # A fixed decay is subtracted after the learning rate: p -= wd * p.
-  decay = optax.add_decayed_weights(
+  decay = _decayed_weights(
     _negated(weight_decay) if weight_decay_mode == 'fixed' else weight_decay,
     weight_decay_mask,
   )
-  return optax.chain(
+  chain = optax.chain(
     *([decay] if weight_decay_mode == 'l2' else []),
     belief,
     *([decay] if weight_decay_mode == 'decoupled' else []),
     optax.scale_by_learning_rate(learning_rate),
     *([decay] if weight_decay_mode == 'fixed' else []),
   )
+  values = {'learning_rate': learning_rate, 'weight_decay': weight_decay}
+  numeric = {k: v for k, v in values.items() if not callable(v)}
+  return _checked(chain, weight_decay_mode, numeric if check_hyperparams else None)
 
 
 @takes_belief_options
@@ -124,5 +181,10 @@ def adabelief(
     BeliefHyperparams(b1=b1, b2=b2, eps=eps, eps_root=eps_root, **options)
   )
   return chain_with_weight_decay(
-    learning_rate, weight_decay, weight_decay_mask, weight_decay_mode, belief
+    learning_rate,
+    weight_decay,
+    weight_decay_mask,
+    weight_decay_mode,
+    belief,
+    options.get('check_hyperparams', False),
   )

@@ -55,8 +55,10 @@ def adabelief_pytorch(
   Returns:
     An ``optax.GradientTransformation``.
   """
+  if not isinstance(betas, tuple | list) or len(betas) != 2:
+    raise ValueError(f'betas must be a pair (beta1, beta2), got {betas!r}.')
   b1, b2 = betas
-  _checks.check_decay('betas[0]', b1)
+  _checks.check_first_decay('betas[0]', b1)
   _checks.check_decay('betas[1]', b2)
   _checks.check_nonnegative('eps', eps)
   _checks.check_nonnegative('lr', lr)
@@ -143,7 +145,7 @@ def adabelief_tf(
     An ``optax.GradientTransformation``.
   """
   _checks.check_nonnegative('learning_rate', learning_rate)
-  _checks.check_decay('beta_1', beta_1)
+  _checks.check_first_decay('beta_1', beta_1)
   _checks.check_decay('beta_2', beta_2)
   _checks.check_nonnegative('epsilon', epsilon)
   _checks.check_nonnegative('min_lr', min_lr)

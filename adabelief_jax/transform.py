@@ -117,15 +117,37 @@ def _leaf_bits(leaf: _Leaf, index: int, count: jax.Array, hp: BeliefHyperparams)
   return _Bits(mu if wanted[0] else None, nu if wanted[1] else None, nu_max)
 
 
-def _belief_state(state: optax.OptState) -> ScaleByBeliefState:
-  """``state``, after checking that it is a :class:`ScaleByBeliefState`."""
+_REBUILD = (
+  'Build the state with this optimizer (tx.init(params)), or construct the optimizer with the '
+  "options the state was made with; restore checkpoints into tx.init's structure (e.g. "
+  'adabelief_jax.sharding.abstract_state) as target.'
+)
+
+
+def _belief_state(state: optax.OptState, hp: BeliefHyperparams) -> ScaleByBeliefState:
+  """``state``, after checking that this configuration's init made it.
+
+  A state of another configuration would fail deep in the update (or, with
+  another float dtype, silently keep its own), so the option that differs is
+  named instead.
+  """
   if not isinstance(state, ScaleByBeliefState):
     raise TypeError(
       f'scale_by_belief: the state must be the ScaleByBeliefState its init made, got '
-      f'{type(state).__name__}. Was it built by another optimizer, or restored from a '
-      'checkpoint without a target? Restore with the structure of tx.init(params) '
-      '(e.g. adabelief_jax.sharding.abstract_state) as target.'
+      f'{type(state).__name__} (a checkpoint restored without a target gives dicts). {_REBUILD}'
     )
+  if isinstance(state.nu_max, optax.EmptyState) == hp.amsgrad:
+    made = 'without' if hp.amsgrad else 'with'
+    raise ValueError(
+      f'scale_by_belief: amsgrad={hp.amsgrad}, but the state was made {made} amsgrad. {_REBUILD}'
+    )
+  for name, moment in (('mu_dtype', state.mu), ('nu_dtype', state.nu)):
+    requested = getattr(hp, name)
+    if requested is not None and not _storage.made_as(moment, requested):
+      raise ValueError(
+        f'scale_by_belief: {name}={requested}, but the state holds '
+        f'{_storage.describe(moment)}. {_REBUILD}'
+      )
   return state
 
 
@@ -137,7 +159,7 @@ def _leaves(updates: optax.Updates, state: ScaleByBeliefState, amsgrad: bool) ->
   a moment that broadcast against a gradient of another shape would silently
   grow.
   """
-  paths, structure = jax.tree_util.tree_flatten_with_path(updates)
+  paths, structure = jax.tree_util.tree_flatten_with_path(_checks.as_arrays(updates))
   treedef: Any = structure  # jaxlib ships no stubs for PyTreeDef's methods.
   _checks.check_inexact_leaves(updates, 'updates')
   moments = [state.mu, state.nu] + ([state.nu_max] if amsgrad else [])
@@ -152,7 +174,14 @@ def _leaves(updates: optax.Updates, state: ScaleByBeliefState, amsgrad: bool) ->
     columns.append([None] * len(paths))
   leaves = [_Leaf(g, *moment) for (_, g), *moment in zip(paths, *columns)]
   for (path, _), leaf in zip(paths, leaves):
-    _checks.check_same_shapes(jax.tree_util.keystr(path), leaf.update, leaf[1:])
+    where = jax.tree_util.keystr(path)
+    _checks.check_same_shapes(where, leaf.update, leaf[1:])
+    if jnp.iscomplexobj(leaf.update) and not jnp.issubdtype(leaf.mu.dtype, jnp.complexfloating):
+      raise TypeError(
+        f'scale_by_belief: updates{where} is complex ({leaf.update.dtype}) but its parameter '
+        f'is real (state.mu{where} is {leaf.mu.dtype}): the imaginary part would be dropped. '
+        'Take the real part of the gradient, or make the parameter complex.'
+      )
   return leaves
 
 
@@ -173,6 +202,7 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
   """:func:`scale_by_belief` configured by a :class:`BeliefHyperparams` record."""
 
   def init_fn(params: optax.Params) -> ScaleByBeliefState:
+    params = _checks.as_arrays(params)
     _checks.check_inexact_leaves(params, 'params')
     block = hp.quantization_block_size
     nu_zeros = lambda: _storage.zeros(params, hp.nu_dtype, 'nonnegative', block)
@@ -187,7 +217,9 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, ScaleByBeliefState]:
     del params
-    state = _belief_state(state)
+    state = _belief_state(state, hp)
+    if hp.check_hyperparams:
+      jax.debug.callback(_checks.raise_if_invalid, hp.numeric())
     leaves = _leaves(updates, state, hp.amsgrad)
     count = jnp.asarray(optax.safe_increment(state.count))
     new = _update_leaves(leaves, count, hp)

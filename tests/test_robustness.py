@@ -1,0 +1,214 @@
+"""Bad input gets an error that names the argument or leaf; faults never freeze training silently.
+
+Each test is one way a user (or a checkpoint, or a data pipeline) hands the
+optimizer something wrong, and what must happen instead of a silent failure.
+"""
+
+from __future__ import annotations
+
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adabelief_jax
+from adabelief_jax import compat, scale_by_belief
+
+# --- hyperparameters ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  'kwargs,name',
+  [
+    (dict(learning_rate=float('inf')), 'learning_rate'),
+    (dict(learning_rate=float('nan')), 'learning_rate'),
+    (dict(learning_rate=1e-3, weight_decay=float('inf')), 'weight_decay'),
+    (dict(learning_rate=1e-3, eps=float('inf')), 'eps'),
+    (dict(learning_rate=1e-3, eps_root=float('inf')), 'eps_root'),
+    (dict(learning_rate=1e-3, eps_root=float('nan')), 'eps_root'),
+    (dict(learning_rate=1e-3, sma_threshold=float('inf')), 'sma_threshold'),
+    (dict(learning_rate=1e-3, b1=0.0), 'b1'),
+    (dict(learning_rate=1e-3, b1=True), 'b1'),
+  ],
+)
+def test_non_finite_and_degenerate_hyperparameters_are_refused(kwargs, name):
+  with pytest.raises(ValueError, match=name) as info:
+    adabelief_jax.adabelief(**kwargs)
+  assert str(kwargs[name]) in str(info.value)
+
+
+def test_b1_zero_error_says_why():
+  with pytest.raises(ValueError, match='prediction error'):
+    scale_by_belief(b1=0.0)
+
+
+@pytest.mark.parametrize('betas', [0.9, (0.9,), (0.9, 0.999, 0.5), 'ab', (0.0, 0.999)])
+def test_compat_betas_must_be_a_pair(betas):
+  with pytest.raises(ValueError, match='betas'):
+    compat.adabelief_pytorch(betas=betas)
+
+
+# --- inputs the optimizer meets in init and update ----------------------------
+
+
+def test_python_and_numpy_scalars_are_leaves_like_arrays():
+  """optax accepts Python floats and NumPy arrays as leaves: so do we, with equal steps."""
+  tx = adabelief_jax.adabelief(1e-2)
+  mixed = {'a': 1.0, 'b': np.ones(3, np.float32)}
+  arrays = {'a': jnp.asarray(1.0), 'b': jnp.ones(3)}
+  u_mixed, _ = tx.update({'a': 0.5, 'b': np.full(3, 0.5, np.float32)}, tx.init(mixed), mixed)
+  u_arrays, _ = tx.update({'a': jnp.asarray(0.5), 'b': jnp.full(3, 0.5)}, tx.init(arrays), arrays)
+  chex.assert_trees_all_close(u_mixed, u_arrays, rtol=0, atol=0)
+
+
+def test_state_shape_mismatch_names_the_leaf_and_both_shapes():
+  tx = scale_by_belief()
+  state = tx.init({'layer': {'w': jnp.ones(3)}})
+  with pytest.raises(ValueError, match=r"\['layer'\]\['w'\].*\(3, 1\).*\(3,\)"):
+    jax.jit(tx.update)({'layer': {'w': jnp.ones((3, 1))}}, state)
+
+
+def test_complex_gradient_for_a_real_parameter_names_the_leaf():
+  tx = scale_by_belief()
+  state = tx.init({'w': jnp.ones(3)})
+  with pytest.raises(TypeError, match=r"\['w'\] is complex"):
+    tx.update({'w': jnp.ones(3, jnp.complex64)}, state)
+
+
+def test_int8_mu_for_complex_parameters_is_refused():
+  with pytest.raises(ValueError, match='complex'):
+    scale_by_belief(mu_dtype='int8').init({'z': jnp.ones((64, 128), jnp.complex64)})
+
+
+@pytest.mark.parametrize(
+  'mask',
+  [
+    {'w': True},  # A key missing.
+    {'w': True, 'b': True, 'extra': False},
+    {'w': 1.0, 'b': True},  # Not a boolean.
+    lambda params: {'w': True},
+  ],
+  ids=['missing', 'extra', 'float', 'callable'],
+)
+def test_weight_decay_mask_errors_name_the_mask(mask):
+  params = {'w': jnp.ones(3), 'b': jnp.ones(2)}
+  tx = adabelief_jax.adabelief(1e-3, weight_decay=1e-2, weight_decay_mask=mask)
+  with pytest.raises(ValueError, match='weight_decay_mask'):
+    tx.init(params)
+
+
+# --- a state from another configuration --------------------------------------
+
+
+@pytest.mark.parametrize(
+  'made,used,name',
+  [
+    (dict(amsgrad=False), dict(amsgrad=True), 'amsgrad'),
+    (dict(amsgrad=True), dict(amsgrad=False), 'amsgrad'),
+    (dict(), dict(mu_dtype='bfloat16'), 'mu_dtype'),
+    (dict(nu_dtype='int8'), dict(nu_dtype='float32'), 'nu_dtype'),
+    (dict(), dict(mu_dtype='int8'), 'mu_dtype'),
+  ],
+)
+def test_state_of_another_configuration_names_the_option(made, used, name):
+  params = {'w': jnp.ones((64, 128))}
+  state = adabelief_jax.adabelief(1e-3, **made).init(params)
+  with pytest.raises(ValueError, match=name) as info:
+    adabelief_jax.adabelief(1e-3, **used).update(params, state, params)
+  assert 'tx.init(params)' in str(info.value)
+
+
+def test_state_of_another_weight_decay_mode_names_the_mode():
+  params = {'w': jnp.ones(3)}
+  state = adabelief_jax.adabelief(1e-3, weight_decay=0.1, weight_decay_mode='l2').init(params)
+  tx = adabelief_jax.adabelief(1e-3, weight_decay=0.1)
+  with pytest.raises(ValueError, match=r"weight_decay_mode='decoupled'.*'l2'"):
+    tx.update(params, state, params)
+
+
+def test_checkpoint_restored_without_a_target_says_how_to_restore():
+  """An orbax restore with no target gives dicts and lists where the state had NamedTuples."""
+  params = {'w': jnp.ones(3)}
+  tx = scale_by_belief()
+  restored = dict(tx.init(params)._asdict())
+  with pytest.raises(TypeError, match='target'):
+    tx.update(params, restored)
+
+
+# --- hyperparameters that escape the checks: traced ones ----------------------
+
+
+def test_check_hyperparams_catches_a_traced_b2_of_one():
+  """Under inject_hyperparams b2 is traced: b2 = 1 freezes the parameters with a
+  finite, zero update, unless check_hyperparams raises at the step."""
+  params = {'w': jnp.ones(3)}
+  grads = {'w': jnp.full(3, 0.1)}
+  for check in (False, True):
+    tx = optax.inject_hyperparams(adabelief_jax.adabelief)(1e-2, check_hyperparams=check)
+    state = tx.init(params)
+    state.hyperparams['b2'] = jnp.asarray(1.0)
+    update = jax.jit(tx.update)
+    if not check:
+      u, _ = update(grads, state, params)
+      assert np.all(np.asarray(u['w']) == 0), 'the silent freeze this option exists for'
+      continue
+    with pytest.raises(Exception, match=re.escape('b2 = 1.0')):
+      jax.block_until_ready(update(grads, state, params))
+    state.hyperparams['b2'] = jnp.asarray(0.999)
+    state.hyperparams['learning_rate'] = jnp.asarray(-1.0)
+    with pytest.raises(Exception, match=re.escape('learning_rate = -1.0')):
+      jax.block_until_ready(update(grads, state, params))
+
+
+# --- faults in the gradients ----------------------------------------------------
+
+
+def _train(tx, grads_seq, params):
+  state, update = tx.init(params), jax.jit(tx.update)
+  for grads in grads_seq:
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def test_without_the_recipe_one_bad_gradient_poisons_or_freezes_for_good():
+  """What the README's recipe is for (optax.adam does the same): one NaN element
+  makes its moments NaN forever; a burst of 1e20, whose (g - m)^2 overflows
+  float32, makes s infinite, and every later step of that leaf exactly zero."""
+  params = {'w': jnp.ones(4)}
+  normal = [{'w': jnp.full(4, 0.1)}] * 3
+  nan = {'w': jnp.array([0.1, jnp.nan, 0.1, 0.1])}
+  burst = {'w': jnp.full(4, 1e20)}
+  tx = adabelief_jax.adabelief(1e-2)
+  poisoned, _ = _train(tx, normal + [nan] + normal * 10, params)
+  assert np.isnan(np.asarray(poisoned['w'][1]))
+  frozen, _ = _train(tx, normal + [burst], params)
+  after, _ = _train(tx, normal + [burst] + normal * 30, params)
+  np.testing.assert_array_equal(after['w'], frozen['w'])
+
+
+def test_the_recipe_skips_bad_steps_and_never_freezes():
+  """apply_if_finite(chain(clip_by_global_norm, adabelief)): a NaN gradient is
+  skipped with the state intact, a burst is clipped, and training goes on."""
+  params = {'w': jnp.ones(4)}
+  normal = [{'w': jnp.full(4, 0.1)}] * 3
+  nan = {'w': jnp.array([0.1, jnp.nan, 0.1, 0.1])}
+  burst = {'w': jnp.full(4, 1e20)}
+  recipe = optax.apply_if_finite(
+    optax.chain(optax.clip_by_global_norm(1.0), adabelief_jax.adabelief(1e-2)),
+    max_consecutive_errors=5,
+  )
+  clean, clean_state = _train(recipe, normal * 2, params)
+  skipped, skipped_state = _train(recipe, normal + [nan] + normal, params)
+  chex.assert_trees_all_close(skipped, clean, rtol=1e-6)
+  assert int(skipped_state.total_notfinite) == 1
+  chex.assert_trees_all_close(skipped_state.inner_state, clean_state.inner_state, rtol=1e-6)
+  before, _ = _train(recipe, normal + [burst], params)
+  after, state = _train(recipe, normal + [burst] + normal * 30, params)
+  assert np.all(np.isfinite(np.asarray(after['w'])))
+  assert np.max(np.abs(np.asarray(after['w']) - np.asarray(before['w']))) > 1e-3  # Not frozen.
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state))
