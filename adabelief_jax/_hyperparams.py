@@ -47,6 +47,7 @@ class BeliefHyperparams:
   rounding_seed: int = 0  # A traced integer under optax.inject_hyperparams.
   quantization_block_size: int = 256  # Likewise; 8-bit state then needs it static.
   check_hyperparams: bool = False
+  track_stats: bool = False
   torch_rectified_eps: bool = False
 
   def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class BeliefOptions(TypedDict, total=False):
   rounding_seed: int
   quantization_block_size: int
   check_hyperparams: bool
+  track_stats: bool
 
 
 F = TypeVar('F', bound=Callable[..., Any])

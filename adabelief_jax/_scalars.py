@@ -52,6 +52,7 @@ class StepScalars(NamedTuple):
   eps_scaled: chex.Array
   adaptive: chex.Array
   sgd_scale: chex.Array
+  sqrt_bias_correction2: chex.Array  # For the statistics: sqrt(s_hat) = sqrt(s) / this.
 
   def cast(self, dtype: jnp.dtype) -> StepScalars:
     """The scalars in ``dtype`` (``adaptive`` stays boolean)."""
@@ -155,4 +156,5 @@ def step_scalars(count: chex.Array, hp: BeliefHyperparams) -> StepScalars:
     eps_scaled=jnp.asarray(eps_scaled),
     adaptive=adaptive,
     sgd_scale=sgd_scale,
+    sqrt_bias_correction2=sqrt_bias_correction2,
   )

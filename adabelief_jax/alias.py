@@ -9,7 +9,7 @@ import chex
 import jax
 import optax
 
-from adabelief_jax import _checks
+from adabelief_jax import _checks, diagnostics
 from adabelief_jax._hyperparams import (
   DEFAULTS,
   BeliefHyperparams,
@@ -49,13 +49,15 @@ def _checked(
   chain: optax.GradientTransformationExtraArgs,
   weight_decay_mode: str,
   runtime_values: dict[str, Any] | None,
+  track_stats: bool,
 ) -> optax.GradientTransformationExtraArgs:
   """``chain``, whose update first checks that the state has this mode's layout.
 
   The 'l2' chain starts with the decay, the others with the belief state: a
   state of the other layout is named as such, not left to fail as an
   EmptyState where a ScaleByBeliefState was expected. With
-  ``runtime_values``, a host callback checks them at every step.
+  ``runtime_values``, a host callback checks them at every step; with
+  ``track_stats``, the statistics' update sizes are those of the whole step.
   """
   belief_at = 1 if weight_decay_mode == 'l2' else 0
 
@@ -74,7 +76,12 @@ def _checked(
       )
     if runtime_values is not None:
       jax.debug.callback(_checks.raise_if_invalid, runtime_values)
-    return chain.update(updates, state, params, **extra)
+    updates, state = chain.update(updates, state, params, **extra)
+    if track_stats:
+      belief = state[belief_at]
+      belief = belief._replace(stats=diagnostics.with_final_updates(belief.stats, updates))
+      state = (*state[:belief_at], belief, *state[belief_at + 1 :])
+    return updates, state
 
   return optax.GradientTransformationExtraArgs(chain.init, update_fn)
 
@@ -86,6 +93,7 @@ def chain_with_weight_decay(
   weight_decay_mode: str,
   belief: optax.GradientTransformation,
   check_hyperparams: bool = False,
+  track_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """``belief`` between weight decay in ``weight_decay_mode`` and the learning rate.
 
@@ -93,7 +101,8 @@ def chain_with_weight_decay(
   scale_by_learning_rate -> [fixed decay]``: the building block of
   :func:`~adabelief_jax.adabelief` and of :mod:`adabelief_jax.compat`. With
   ``check_hyperparams``, numeric (not scheduled) learning rate and weight
-  decay are checked at every step as well.
+  decay are checked at every step as well; with ``track_stats`` (``belief``
+  made so), the statistics measure the chain's whole step.
   """
   _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_nonnegative('weight_decay', weight_decay)
@@ -115,7 +124,8 @@ def chain_with_weight_decay(
   )
   values = {'learning_rate': learning_rate, 'weight_decay': weight_decay}
   numeric = {k: v for k, v in values.items() if not callable(v)}
-  return _checked(chain, weight_decay_mode, numeric if check_hyperparams else None)
+  runtime = numeric if check_hyperparams else None
+  return _checked(chain, weight_decay_mode, runtime, track_stats)
 
 
 @takes_belief_options
@@ -187,4 +197,5 @@ def adabelief(
     weight_decay_mode,
     belief,
     options.get('check_hyperparams', False),
+    options.get('track_stats', False),
   )

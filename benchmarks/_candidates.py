@@ -237,6 +237,7 @@ CANDIDATES: dict[str, Candidate] = {
     _adabelief('adabelief_wd', 'adabelief_jax wd=1e-4 decoupled', weight_decay=WEIGHT_DECAY),
     _adabelief('adabelief_amsgrad', 'adabelief_jax amsgrad', amsgrad=True),
     _adabelief('adabelief_rectify', 'adabelief_jax rectify', rectify=True),
+    _adabelief('adabelief_stats', 'adabelief_jax track_stats', track_stats=True),
     _adabelief('adabelief_bf16_state', 'adabelief_jax bf16 m,s', mu_dtype=BF16, nu_dtype=BF16),
     _adabelief(
       'adabelief_bf16_rtn',

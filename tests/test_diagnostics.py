@@ -1,0 +1,215 @@
+"""Belief statistics (track_stats=True) against a float64 NumPy computation, and in compositions."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+import adabelief_jax
+from adabelief_jax import belief_stats, diagnostics, scale_by_belief, sharding
+from tests import devices, reference
+from tests.helpers import leaves64
+
+
+def _params() -> dict[str, jax.Array]:
+  """A small leaf (whole-leaf statistics) and one larger than the 4096-element sample."""
+  rng = np.random.default_rng(0)
+  return {
+    'small': jnp.asarray(rng.normal(size=(30, 40)), jnp.float32),
+    'large': jnp.asarray(rng.normal(size=(100, 120)), jnp.float32),
+  }
+
+
+def _grads(params, steps: int, seed: int = 1) -> list:
+  """Gradients whose sizes span decades, so that some elements are eps-dominated and some not."""
+  rng = np.random.default_rng(seed)
+  spread = jax.tree.map(lambda p: 10.0 ** rng.uniform(-7, -1, size=p.shape), params)
+  return [
+    jax.tree.map(
+      lambda p, s: jnp.asarray(s * rng.normal(size=p.shape), jnp.float32), params, spread
+    )
+    for _ in range(steps)
+  ]
+
+
+@pytest.mark.parametrize(
+  'options', [dict(), dict(amsgrad=True, rectify=True)], ids=['plain', 'amsgrad-rectify']
+)
+def test_stats_match_a_float64_computation_from_the_oracle(options):
+  hyper = dict(b1=0.9, b2=0.99, eps=1e-4, eps_root=1e-16, **options)
+  params = _params()
+  tx = scale_by_belief(**hyper, track_stats=True)
+  oracle = reference.BeliefOracle(leaves64(params), **hyper)
+  state, update = tx.init(params), jax.jit(tx.update)
+  for t, grads in enumerate(_grads(params, 8), start=1):
+    _, state = update(grads, state, params)
+    directions = oracle.direction(leaves64(grads))
+    stats = belief_stats(state)
+    for name, leaf, direction, p in zip(
+      ('large', 'small'), oracle.states, directions, leaves64(params)
+    ):
+      s_hat = (leaf.nu_max if options.get('amsgrad') else leaf.nu) / reference.bias_correction(
+        0.99, t
+      )
+      root = np.sqrt(s_hat)
+      # Exact fraction, but for elements within float32 error of the boundary.
+      near = np.abs(root - 1e-4) < 1e-5 * 1e-4
+      got = float(stats[f'{name}/eps_dominated'])
+      want = np.mean(root <= 1e-4)
+      assert abs(got - want) <= near.mean() + 1e-7, (t, name, got, want)
+      assert 0 < want < 1  # Both regimes present: the check can fail either way.
+      if name == 'small':  # The sample is the whole leaf: percentiles and RMS exact.
+        np.testing.assert_allclose(
+          float(stats['small/sqrt_s_hat_median']), np.median(root), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+          float(stats['small/sqrt_s_hat_p99']), np.percentile(root, 99), rtol=1e-5
+        )
+        rms = np.sqrt(np.mean(direction**2)) / np.sqrt(np.mean(p**2))
+        np.testing.assert_allclose(float(stats['small/update_to_param_rms']), rms, rtol=1e-4)
+      else:  # A strided sample of 4096 of 12000: the estimates' ranks among all elements.
+        median, p99 = (float(stats[f'large/sqrt_s_hat_{q}']) for q in ('median', 'p99'))
+        assert abs(np.mean(root <= median) - 0.5) < 0.03
+        assert abs(np.mean(root <= p99) - 0.99) < 0.006
+    total = sum(np.size(x) for x in jax.tree.leaves(params))
+    want_global = (
+      sum(float(stats[f'{k}/eps_dominated']) * np.size(params[k]) for k in params) / total
+    )
+    np.testing.assert_allclose(float(stats['global/eps_dominated']), want_global, rtol=1e-6)
+    if options.get('rectify'):
+      assert float(stats['global/adaptive']) == float(reference.rho_t(0.99, t) >= 5.0)
+
+
+def test_tracking_changes_no_number_and_costs_no_state_when_off():
+  params = _params()
+  grads_seq = _grads(params, 5)
+  runs = {}
+  for track in (False, True):
+    tx = adabelief_jax.adabelief(1e-2, weight_decay=1e-2, track_stats=track)
+    state, p = tx.init(params), params
+    for g in grads_seq:
+      u, state = jax.jit(tx.update)(g, state, p)
+      p = optax.apply_updates(p, u)
+    runs[track] = (p, state)
+  chex.assert_trees_all_equal(runs[False][0], runs[True][0])
+  chex.assert_trees_all_equal(tuple(runs[False][1][0]), tuple(runs[True][1][0])[:4])
+  assert type(runs[False][1][0]) is adabelief_jax.ScaleByBeliefState
+
+
+def test_adabelief_stats_measure_the_whole_step():
+  """For adabelief, update_rms is that of the final step: learning rate and decay included."""
+  params = {'w': jnp.ones((64, 64))}
+  tx = adabelief_jax.adabelief(1e-2, weight_decay=0.5, track_stats=True)
+  u, state = tx.update({'w': jnp.full((64, 64), 1e-3)}, tx.init(params), params)
+  np.testing.assert_allclose(
+    float(belief_stats(state)['w/update_rms']), float(jnp.sqrt(jnp.mean(u['w'] ** 2))), rtol=1e-6
+  )
+
+
+def test_belief_stats_without_stats_says_how_to_enable_them():
+  params = {'w': jnp.ones(3)}
+  with pytest.raises(ValueError, match='track_stats=True'):
+    belief_stats(adabelief_jax.adabelief(1e-3).init(params))
+
+
+def test_state_with_and_without_stats_do_not_mix():
+  params = {'w': jnp.ones(3)}
+  state = adabelief_jax.adabelief(1e-3, track_stats=True).init(params)
+  with pytest.raises(ValueError, match='track_stats'):
+    adabelief_jax.adabelief(1e-3).update(params, state, params)
+
+
+@pytest.mark.parametrize(
+  'wrap',
+  ['scan', 'inject_hyperparams', 'multi_steps', 'apply_if_finite', 'masked'],
+)
+def test_stats_in_compositions(wrap):
+  params = _params()
+  grads = _grads(params, 2)
+  base = lambda **kw: adabelief_jax.adabelief(1e-3, track_stats=True, **kw)
+  tx = {
+    'scan': base(),
+    'inject_hyperparams': optax.inject_hyperparams(adabelief_jax.adabelief)(1e-3, track_stats=True),
+    'multi_steps': optax.MultiSteps(base(), every_k_schedule=2),
+    'apply_if_finite': optax.apply_if_finite(base(), max_consecutive_errors=2),
+    'masked': optax.masked(base(), {'small': True, 'large': False}),
+  }[wrap]
+  state = tx.init(params)
+  if wrap == 'scan':
+    stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
+    step = lambda s, g: (tx.update(g, s, params)[1], None)
+    state, _ = jax.lax.scan(step, state, stacked)
+  else:
+    for g in grads:
+      _, state = jax.jit(tx.update)(g, state, params)
+  stats = belief_stats(state)
+  keys = {k.rsplit('/', 1)[0] for k in stats}
+  assert keys == ({'small', 'global'} if wrap == 'masked' else {'small', 'large', 'global'})
+  assert all(np.isfinite(float(v)) for v in stats.values())
+  assert float(stats['global/param_rms']) > 0
+
+
+def test_stats_from_a_flax_nnx_optimizer():
+  from flax import nnx
+
+  model = nnx.Linear(64, 128, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, adabelief_jax.adabelief(1e-3, track_stats=True), wrt=nnx.Param)
+  x = jnp.ones((4, 64))
+
+  @nnx.jit
+  def step(model, optimizer):
+    optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+
+  cached = nnx.cached_partial(step, model, optimizer)
+  cached()
+  cached()
+  stats = belief_stats(
+    nnx.to_pure_dict(nnx.state(optimizer, nnx.OptState)) if False else optimizer.opt_state
+  )
+  assert {'kernel/eps_dominated', 'bias/update_to_param_rms', 'global/sqrt_s_hat_p99'} <= set(stats)
+
+
+# --- 8 devices (run in a child process: see tests/devices.py) -----------------
+
+CHECKS = devices.Checks()
+
+
+@CHECKS
+def check_stats_under_zero1_equal_one_device() -> dict:
+  mesh = jax.make_mesh((devices.N_DEVICES,), ('data',))
+  params = jax.device_put(
+    {'w': jnp.asarray(np.random.default_rng(0).normal(size=(64, 128)), jnp.float32)},
+    NamedSharding(mesh, PartitionSpec()),
+  )
+  grads = _grads(jax.tree.map(np.asarray, params), 3)
+  tx = adabelief_jax.adabelief(1e-3, track_stats=True, eps=1e-4)
+  zero_state = sharding.init_sharded(tx, params, shard_axis='data')
+  step = jax.jit(
+    tx.update, out_shardings=(None, sharding.state_shardings(tx, params, shard_axis='data'))
+  )
+  plain_state = tx.init(jax.tree.map(np.asarray, params))
+  for g in grads:
+    _, zero_state = step(g, zero_state, params)
+    _, plain_state = jax.jit(tx.update)(g, plain_state, jax.tree.map(np.asarray, params))
+  got, want = belief_stats(zero_state), belief_stats(plain_state)
+  for key in want:
+    np.testing.assert_allclose(float(got[key]), float(want[key]), rtol=1e-6, err_msg=key)
+  pmapped = jax.pmap(lambda p: belief_stats(tx.update(grads[0], tx.init(p), p)[1]))(
+    jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices.N_DEVICES, *x.shape)), params)
+  )
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in pmapped.values())
+  return {'stats': len(want)}
+
+
+def test_stats_under_zero1_equal_one_device(device_checks):
+  assert device_checks.metrics('check_stats_under_zero1_equal_one_device')['stats'] > 0
+
+
+def test_module_documents_every_statistic():
+  for name in (*diagnostics.PER_LEAF, 'update_to_param_rms', 'adaptive'):
+    assert name in diagnostics.__doc__
