@@ -1,6 +1,7 @@
 """AdaBelief for JAX and Optax (Zhuang et al., NeurIPS 2020)."""
 
 from adabelief_jax import compat, diagnostics, sharding
+from adabelief_jax._quantize import QuantizedMoment
 from adabelief_jax.alias import adabelief
 from adabelief_jax.diagnostics import belief_stats
 from adabelief_jax.transform import ScaleByBeliefState, ScaleByBeliefStatsState, scale_by_belief
@@ -8,6 +9,7 @@ from adabelief_jax.transform import ScaleByBeliefState, ScaleByBeliefStatsState,
 __version__ = '0.1.0'
 
 __all__ = [
+  'QuantizedMoment',
   'ScaleByBeliefState',
   'ScaleByBeliefStatsState',
   'adabelief',

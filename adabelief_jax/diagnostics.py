@@ -4,10 +4,16 @@ With ``track_stats=True``, :func:`~adabelief_jax.scale_by_belief` (and
 :func:`~adabelief_jax.adabelief`) compute, inside the update, for every
 parameter and over all of them:
 
-* ``eps_dominated``: the fraction of elements where :math:`\epsilon \ge
-  \sqrt{\hat s_t}`, i.e. where the denominator is mostly ``eps`` and the step
-  is momentum SGD with step size :math:`\eta / \epsilon` rather than adaptive
-  (exact: every element is counted);
+* ``eps_dominated``: the fraction of elements whose step is momentum SGD
+  rather than adaptive, because the epsilons make up at least half of its
+  denominator: :math:`\sqrt{\hat s_t} + \epsilon \le 2 (\sqrt{\hat s_\epsilon} +
+  \epsilon)`, where :math:`\hat s_\epsilon = \epsilon_{root} / (1 - \beta_2)` is
+  the :math:`\hat s_t` of an element whose gradient never deviated from its
+  momentum (``eps_root`` is added to ``s`` every step). With ``eps_root = 0``
+  this is :math:`\epsilon \ge \sqrt{\hat s_t}`; with ``eps = eps_root = 1e-8``
+  (the reference's image-classification setting) the floor
+  :math:`\sqrt{\hat s_\epsilon} \approx 3 \cdot 10^{-3}` is what competes with the
+  belief (exact: every element is counted);
 * ``sqrt_s_hat_median`` and ``sqrt_s_hat_p99``: the median and 99th
   percentile of :math:`\sqrt{\hat s_t}` (the scale ``eps`` competes with);
 * ``update_rms``, ``param_rms`` and their ratio ``update_to_param_rms``: the
@@ -20,7 +26,7 @@ parameter and over all of them:
 Percentiles and root mean squares come from a strided sample of at most 4096
 elements of each parameter (the whole parameter when smaller): what a dashboard
 needs, at a cost in the noise of the step time. The global statistics weight
-each parameter by its number of elements. :func:`belief_stats` reads them
+each parameter by its number of elements. :func:`~adabelief_jax.belief_stats` reads them
 from any optimizer state, as a flat dict ready for a logger.
 """
 
@@ -32,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+
+from adabelief_jax._scalars import StepScalars
 
 SAMPLE = 4096
 PER_LEAF = ('eps_dominated', 'sqrt_s_hat_median', 'sqrt_s_hat_p99', 'update_rms', 'param_rms')
@@ -78,16 +86,18 @@ def _axes(entry: Any) -> tuple[str, ...]:
   return tuple(entry) if isinstance(entry, tuple) else (entry,)
 
 
-def leaf_sample(
-  s_used: jax.Array, u: jax.Array, param: Any, eps_scaled: Any, sqrt_bias_correction2: Any
-) -> LeafSample:
+def leaf_sample(s_used: jax.Array, u: jax.Array, param: Any, c: StepScalars) -> LeafSample:
   """One leaf's contribution, from the ``s`` its step used and its output ``u``.
 
   The step divides by ``sqrt(s) + eps_scaled`` with ``eps_scaled = eps *
-  sqrt(1 - b2^t)``, so ``eps >= sqrt(s_hat)`` is ``s <= eps_scaled^2``.
+  sqrt(1 - b2^t)``, and ``eps_root`` has added ``eps_root (1 - b2^t) / (1 -
+  b2)`` to ``s`` by step t, so in ``s``'s own units the module's criterion
+  is ``sqrt(s) <= 2 sqrt(that) + eps_scaled``, compared squared.
   """
-  dominated = jnp.mean((s_used <= eps_scaled * eps_scaled).astype(jnp.float32))
-  sqrt_s_hat = jnp.sqrt(_strided(s_used)) / sqrt_bias_correction2
+  floor = c.eps_root * jnp.square(c.sqrt_bias_correction2) / c.one_minus_b2
+  bound = 2 * jnp.sqrt(floor) + c.eps_scaled
+  dominated = jnp.mean((s_used <= jnp.square(bound)).astype(jnp.float32))
+  sqrt_s_hat = jnp.sqrt(_strided(s_used)) / c.sqrt_bias_correction2
   param_sample = jnp.full((1,), jnp.nan) if param is None else jnp.abs(_strided(jnp.asarray(param)))
   return LeafSample(
     dominated,

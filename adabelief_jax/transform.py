@@ -228,11 +228,7 @@ def _update_leaves(
     updated, s_used = _leaf_update(leaf, c, hp, _leaf_bits(leaf, index, count, hp))
     new.append(updated)
     if hp.track_stats:
-      samples.append(
-        diagnostics.leaf_sample(
-          s_used, updated.update, param, c.eps_scaled, c.sqrt_bias_correction2
-        )
-      )
+      samples.append(diagnostics.leaf_sample(s_used, updated.update, param, c))
   return new, samples, jnp.asarray(scalars.adaptive)
 
 

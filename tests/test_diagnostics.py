@@ -40,8 +40,16 @@ def _grads(params, steps: int, seed: int = 1) -> list:
 @pytest.mark.parametrize(
   'options', [dict(), dict(amsgrad=True, rectify=True)], ids=['plain', 'amsgrad-rectify']
 )
-def test_stats_match_a_float64_computation_from_the_oracle(options):
-  hyper = dict(b1=0.9, b2=0.99, eps=1e-4, eps_root=1e-16, **options)
+@pytest.mark.parametrize(
+  'eps, eps_root',
+  [(1e-4, 1e-16), (1e-10, 1e-8)],
+  ids=['eps-outside-the-root', 'eps-root-floor'],
+)
+def test_stats_match_a_float64_computation_from_the_oracle(options, eps, eps_root):
+  hyper = dict(b1=0.9, b2=0.99, eps=eps, eps_root=eps_root, **options)
+  # Where the epsilons make up half the denominator: eps plus twice the
+  # sqrt(s_hat) of a gradient that never deviates from its momentum.
+  bound = eps + 2 * np.sqrt(eps_root / (1 - 0.99))
   params = _params()
   tx = scale_by_belief(**hyper, track_stats=True)
   oracle = reference.BeliefOracle(leaves64(params), **hyper)
@@ -58,9 +66,9 @@ def test_stats_match_a_float64_computation_from_the_oracle(options):
       )
       root = np.sqrt(s_hat)
       # Exact fraction, but for elements within float32 error of the boundary.
-      near = np.abs(root - 1e-4) < 1e-5 * 1e-4
+      near = np.abs(root - bound) < 1e-5 * bound
       got = float(stats[f'{name}/eps_dominated'])
-      want = np.mean(root <= 1e-4)
+      want = np.mean(root <= bound)
       assert abs(got - want) <= near.mean() + 1e-7, (t, name, got, want)
       assert 0 < want < 1  # Both regimes present: the check can fail either way.
       if name == 'small':  # The sample is the whole leaf: percentiles and RMS exact.
