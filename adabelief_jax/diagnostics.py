@@ -136,7 +136,8 @@ def _global(samples: list[LeafSample], adaptive: jax.Array) -> dict[str, jax.Arr
     w * jnp.mean(jnp.square(getattr(s, field))) for w, s in zip(share, samples)
   )
   return {
-    'eps_dominated': sum(w * s.eps_dominated for w, s in zip(share, samples)),
+    # The shares' float32 rounding could carry a sum of fractions past 1.
+    'eps_dominated': jnp.minimum(sum(w * s.eps_dominated for w, s in zip(share, samples)), 1.0),
     'sqrt_s_hat_median': median,
     'sqrt_s_hat_p99': p99,
     'update_rms': jnp.sqrt(mean_square('update')),

@@ -23,6 +23,8 @@ import numpy as np
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
+import adabelief_jax
+
 if TYPE_CHECKING:
   from matplotlib.figure import Figure
 
@@ -182,6 +184,24 @@ def run_timed(
   with progress_bar(total, unit, args) as bar:
     result = work(bar)
   return result, time.perf_counter() - start
+
+
+def belief_postfix(opt_state: Any) -> dict[str, str]:
+  """The global belief statistics of ``opt_state`` for a progress bar; empty without them.
+
+  Built with ``track_stats=True``, AdaBelief keeps them in its state (see
+  :func:`adabelief_jax.belief_stats`): ``eps%`` is the share of elements where
+  ``eps`` dominates the denominator (momentum-SGD-like steps), ``du/p`` the RMS
+  of the step over the RMS of the parameters.
+  """
+  try:
+    stats = adabelief_jax.belief_stats(opt_state)
+  except ValueError:
+    return {}
+  return {
+    'eps%': f'{100 * float(stats["global/eps_dominated"]):.0f}',
+    'du/p': f'{float(stats["global/update_to_param_rms"]):.1e}',
+  }
 
 
 # ----------------------------------------------------------------------------
