@@ -2,24 +2,31 @@
 
 Two processes with two CPU devices each (gloo collectives over 127.0.0.1, ZeRO-1
 optimizer state) must end with the parameters of one process on one device fed
-the same global batches. Every process is a child with a hard time limit, and
-is killed and reaped whatever happens.
+the same global batches. A run must also fail instead of freezing: a killed
+peer makes the survivor exit with an error within the script's --timeout, and
+SIGTERM ends a process that waits in a collective for a frozen peer. Every
+process is a child with a hard time limit, and is killed and reaped whatever
+happens. ``python -m tests.multihost_soak`` repeats the two-process run many
+times, which a hang that strikes one run in ten needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / 'examples' / 'multihost.py'
-TIMEOUT_S = 180  # For all processes together; they take ~15-30 s on 2 cores.
+TIMEOUT_S = 180  # For all processes together; they take ~20-60 s on 2 busy cores.
 STEPS = 40
 TOLERANCE = 1e-5
 
@@ -31,9 +38,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+def _env(port: int | None = None) -> dict[str, str]:
   """The environment minus the test session's 8-device flag: the example
-  chooses its device count with --cpu-devices."""
+  chooses its device count with --cpu-devices. With ``port``, the coordinator
+  service listens on 127.0.0.1 only (JAX binds every interface by default)."""
   env = dict(os.environ)
   flags = [
     f
@@ -42,10 +50,14 @@ def _env() -> dict[str, str]:
   ]
   env['XLA_FLAGS'] = ' '.join(flags)
   env['JAX_PLATFORMS'] = 'cpu'
+  if port is not None:
+    env['JAX_COORDINATOR_BIND_ADDRESS'] = f'127.0.0.1:{port}'
   return env
 
 
-def _run_all(commands: dict[str, list[str]], logs: Path, timeout_s: float) -> dict[str, str]:
+def _run_all(
+  commands: dict[str, list[str]], logs: Path, timeout_s: float, port: int
+) -> dict[str, str]:
   """Runs the commands concurrently; returns their logs. Fails (and kills the
   rest) as soon as one exits non-zero or the time limit passes."""
   procs: dict[str, subprocess.Popen] = {}
@@ -55,7 +67,7 @@ def _run_all(commands: dict[str, list[str]], logs: Path, timeout_s: float) -> di
       files[name] = open(logs / f'{name}.log', 'w')  # noqa: SIM115 (closed in the finally)
       procs[name] = subprocess.Popen(
         [sys.executable, str(EXAMPLE), *args],
-        env=_env(),
+        env=_env(port),
         stdout=files[name],
         stderr=subprocess.STDOUT,
         cwd=EXAMPLE.parent.parent,
@@ -90,7 +102,7 @@ def _run_all(commands: dict[str, list[str]], logs: Path, timeout_s: float) -> di
 
 def test_two_processes_match_one_process(tmp_path):
   port = _free_port()
-  common = ['--steps', str(STEPS), '--log-every', '10']
+  common = ['--steps', str(STEPS), '--log-every', '10', '--no-progress']
   multi = [
     '--coordinator-address',
     f'127.0.0.1:{port}',
@@ -102,21 +114,27 @@ def test_two_processes_match_one_process(tmp_path):
   ]
   logs = _run_all(
     {
-      'process0': [*common, *multi, '--process-id', '0', '--out', str(tmp_path / 'multi.npz')],
-      'process1': [*common, *multi, '--process-id', '1'],
-      'single': [*common, '--cpu-devices', '1', '--out', str(tmp_path / 'single.npz')],
+      'process0': [*common, *multi, '--process-id', '0', '--out', str(tmp_path / 'multi')],
+      'process1': [*common, *multi, '--process-id', '1', '--out', str(tmp_path / 'unused')],
+      'single': [*common, '--cpu-devices', '1', '--out', str(tmp_path / 'single')],
     },
     tmp_path,
     TIMEOUT_S,
+    port,
   )
   assert '2 process(es) x 2 cpu device(s)' in logs['process0'], logs['process0']
   assert '1 process(es) x 1 cpu device(s)' in logs['single'], logs['single']
-  multi_params, single_params = np.load(tmp_path / 'multi.npz'), np.load(tmp_path / 'single.npz')
+  multi_params = np.load(tmp_path / 'multi' / 'params.npz')
+  single_params = np.load(tmp_path / 'single' / 'params.npz')
   assert sorted(multi_params) == sorted(single_params) and len(single_params) == 4
   diffs = {k: float(np.max(np.abs(multi_params[k] - single_params[k]))) for k in single_params}
   print(f'max |multi-process - single-process| per parameter: {diffs}')
   assert max(diffs.values()) < TOLERANCE, diffs
   assert f'step {STEPS:4d}' in logs['process0']  # Process 0 logged the whole run.
+  assert not (tmp_path / 'unused').exists()  # Only process 0 writes results.
+  assert (tmp_path / 'multi' / 'results.json').is_file()
+  for name, text in logs.items():  # gloo's connection banners are silenced.
+    assert '[Gloo]' not in text, (name, text)
 
 
 def test_help_explains_cluster_launch():
@@ -148,3 +166,105 @@ def test_bad_launch_arguments_are_rejected():
     timeout=60,
   )
   assert proc.returncode == 2 and '--coordinator-address' in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------------------
+# Failures end the run: a dead peer, a frozen peer, SIGTERM.
+
+PEER_TIMEOUT_S = 10  # The example's --timeout in these tests: its collectives give up after it.
+WATCHDOG_GRACE_S = 15  # examples/multihost.py's watchdog fires at --timeout + this at the latest.
+
+
+@contextlib.contextmanager
+def _pair(tmp_path: Path, timeout_s: float) -> Iterator[tuple[list[subprocess.Popen], list[Path]]]:
+  """Two example processes with endless steps, each logged to a file; killed on exit."""
+  port = _free_port()
+  args = [
+    '--coordinator-address',
+    f'127.0.0.1:{port}',
+    '--num-processes',
+    '2',
+    '--cpu-devices',
+    '2',
+    '--zero',
+    '--steps',
+    '1000000',
+    '--log-every',
+    '1',
+    '--no-progress',
+    '--timeout',
+    str(timeout_s),
+  ]
+  logs = [tmp_path / f'process{i}.log' for i in range(2)]
+  procs: list[subprocess.Popen] = []
+  try:
+    for i, log in enumerate(logs):
+      with open(log, 'w') as f:
+        procs.append(
+          subprocess.Popen(
+            [sys.executable, str(EXAMPLE), *args, '--process-id', str(i), '--out', str(tmp_path)],
+            env=_env(port),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=EXAMPLE.parent.parent,
+          )
+        )
+    yield procs, logs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGCONT)  # A stopped process cannot be reaped otherwise.
+        p.kill()
+    for p in procs:
+      p.wait()
+
+
+def _wait_for_step(logs: list[Path], procs: list[subprocess.Popen], step: int) -> None:
+  """Waits until process 0 has logged ``step``; fails if either process ends first."""
+  deadline = time.monotonic() + TIMEOUT_S
+  while f'step {step:4d}' not in logs[0].read_text():
+    ended = [i for i, p in enumerate(procs) if p.poll() is not None]
+    if ended or time.monotonic() > deadline:
+      dump = '\n'.join(
+        f'--- process {i} ---\n{log.read_text()[-3000:]}' for i, log in enumerate(logs)
+      )
+      pytest.fail(f'process 0 never logged step {step}; ended: {ended}\n{dump}', pytrace=False)
+    time.sleep(0.1)
+
+
+def _wait_exit(proc: subprocess.Popen, limit_s: float) -> float | None:
+  """Seconds until ``proc`` exits, or None if it is still running after ``limit_s``."""
+  start = time.monotonic()
+  while time.monotonic() - start < limit_s:
+    if proc.poll() is not None:
+      return time.monotonic() - start
+    time.sleep(0.05)
+  return None
+
+
+def test_killed_peer_makes_the_survivor_fail_within_the_timeout(tmp_path):
+  with _pair(tmp_path, PEER_TIMEOUT_S) as (procs, logs):
+    _wait_for_step(logs, procs, 5)
+    procs[1].kill()
+    took = _wait_exit(procs[0], PEER_TIMEOUT_S + WATCHDOG_GRACE_S + 15)
+  text = logs[0].read_text()
+  assert took is not None, f'process 0 still running after its peer died\n{text[-3000:]}'
+  assert procs[0].returncode not in (0, None), text[-3000:]
+  # The message names the process and the step it was in.
+  assert 'process 0: step ' in text and ('failed' in text or 'did not finish' in text), text[-3000:]
+  print(f'survivor exited {procs[0].returncode} {took:.1f} s after its peer was killed')
+
+
+def test_sigterm_ends_a_process_waiting_for_a_frozen_peer(tmp_path):
+  with _pair(tmp_path, 120) as (procs, logs):  # Long timeout: only SIGTERM may end it.
+    _wait_for_step(logs, procs, 5)
+    procs[1].send_signal(signal.SIGSTOP)  # Alive, but no longer in any collective.
+    time.sleep(2)  # Process 0 is now blocked in a step, waiting for process 1.
+    assert procs[0].poll() is None, logs[0].read_text()[-3000:]
+    procs[0].send_signal(signal.SIGTERM)
+    took = _wait_exit(procs[0], 10)
+  text = logs[0].read_text()
+  assert took is not None, f'SIGTERM did not end process 0 within 10 s\n{text[-3000:]}'
+  assert procs[0].returncode == 128 + signal.SIGTERM, (procs[0].returncode, text[-3000:])
+  assert 'process 0: SIGTERM received during step ' in text, text[-3000:]
+  print(f'SIGTERM ended the waiting process in {took:.2f} s')
