@@ -23,7 +23,7 @@ parameter and over all of them:
 * ``global/adaptive``, with ``rectify``: 1 on adaptive steps, 0 on the
   momentum-SGD steps before the threshold.
 
-Percentiles and root mean squares come from a strided sample of at most 4096
+Percentiles and root mean squares come from a strided sample of at most 1024
 elements of each parameter (the whole parameter when smaller): what a dashboard
 needs, at a cost in the noise of the step time. The global statistics weight
 each parameter by its number of elements. :func:`~adabelief_jax.belief_stats` reads them
@@ -41,7 +41,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from adabelief_jax._scalars import StepScalars
 
-SAMPLE = 4096
+# Sorting the sample for the percentiles is the statistics' main cost (4096
+# elements: ~2 ms a step on a small model on CPU; 1024: ~0.6 ms).
+SAMPLE = 1024
 PER_LEAF = ('eps_dominated', 'sqrt_s_hat_median', 'sqrt_s_hat_p99', 'update_rms', 'param_rms')
 
 
