@@ -9,13 +9,14 @@ import argparse
 
 import pytest
 
-from tests.helpers import check_example_outputs, run_example, squeeze
+from tests.helpers import check_example_outputs, squeeze
 
 
 def test_quickstart_smoke(load_example, tmp_path, capsys):
   out = tmp_path / 'qs'
   flags = '--epochs 1 --seeds 1 --optimizers adabelief,sgd'
-  summaries = run_example(load_example('quickstart'), out, flags)
+  # With the progress bar, which shows AdaBelief's belief statistics.
+  summaries = load_example('quickstart').main([*flags.split(), '--out', str(out)])
 
   assert [s['optimizer'] for s in summaries] == ['adabelief', 'sgd']
   data = check_example_outputs(out, ['curves.png'])  # Every number finite, too.
@@ -35,12 +36,29 @@ def test_quickstart_smoke(load_example, tmp_path, capsys):
     assert result['test_acc_mean'] > 0.5
 
   markdown = squeeze((out / 'results.md').read_text())
-  printed = squeeze(capsys.readouterr().out)
+  captured = capsys.readouterr()
+  printed = squeeze(captured.out)
+  assert 'eps%=' in captured.err and 'du/p=' in captured.err
   assert '1 epoch x 1 seed,' in printed and '(mean ± std, 1 seed)' in markdown
   assert '1 seeds' not in printed + markdown and '1 epochs' not in printed + markdown
   for name in ('adabelief', 'sgd'):
     assert f'| {name} |' in markdown and f'| {name} |' in printed
   assert 'adam |' not in markdown
+  # Fair learning rates: each optimizer's grid swept at seed 0, the best on validation chosen.
+  grids = {'adabelief': [3e-3, 1e-2, 3e-2], 'sgd': [3e-2, 1e-1, 3e-1]}
+  for result in results:
+    sweep = result['sweep']
+    assert [p['lr'] for p in sweep] == grids[result['optimizer']]
+    best = max(sweep, key=lambda p: p['valid_acc'])
+    assert result['learning_rate'] == best['lr'] == result['runs'][0]['lr']
+    assert result['runs'][0]['valid_acc'] == best['valid_acc']
+  # The line that says what the table can and cannot show, printed and written.
+  assert 'What it does not' in printed and 'What it does not' in markdown
+  accs = [100 * r['test_acc_mean'] for r in results]
+  assert f'to {min(accs):.1f}-{max(accs):.1f}% test accuracy' in printed
+  assert '450 test images (0.22 points each)' in printed
+  assert 'adabelief {0.003, 0.01, 0.03}; sgd {0.03, 0.1, 0.3}' in markdown
+  assert 'train / 270 validation / 450 test' in printed
 
 
 def test_quickstart_rejects_unknown_optimizer(load_example, tmp_path):
