@@ -41,28 +41,26 @@ momentum 0.9. Writes ``results.md``, ``results.json`` and ``curves.png`` to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import _common
+import _text
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _text import Corpus, Data
+from _text import stdlib_splits as stdlib_splits  # Re-exported: lstm_lm.stdlib_splits.
 from flax import nnx
 from tqdm.auto import tqdm
 
 import adabelief_jax
 
 CLIP_NORM = 0.25
-
-# {split: (inputs, next-byte targets)}, each (windows, seq_len), for 'train', 'valid', 'test'.
-Data = dict[str, tuple[np.ndarray, np.ndarray]]
 
 # name -> (default lr grid, constructor(lr)).
 OPTIMIZERS: dict[str, tuple[str, Callable[[float], optax.GradientTransformation]]] = {
@@ -76,81 +74,21 @@ OPTIMIZERS: dict[str, tuple[str, Callable[[float], optax.GradientTransformation]
 
 
 # ----------------------------------------------------------------------------
-# Data: the standard library's source code.
-
-
-def stdlib_splits(train_kb: int, eval_kb: int, file_kb: int = 8) -> tuple[dict, dict]:
-  """(bytes per split, file names per split) for 'train', 'valid', 'test'.
-
-  Each file contributes at most its first ``file_kb`` KiB, so that a split
-  holds many files rather than a few long ones.
-  """
-  root = os.path.dirname(os.__file__)
-  names = sorted(n for n in os.listdir(root) if n.endswith('.py'))
-  names.sort(key=lambda n: hashlib.sha1(n.encode()).hexdigest())
-  caps = {'train': train_kb * 1024, 'valid': eval_kb * 1024, 'test': eval_kb * 1024}
-  chunks = {split: [] for split in caps}
-  files = {split: [] for split in caps}
-  sizes = dict.fromkeys(caps, 0)
-  for i, name in enumerate(names):
-    split = {0: 'valid', 1: 'test'}.get(i % 10, 'train')
-    if sizes[split] >= caps[split]:
-      continue
-    with open(os.path.join(root, name), 'rb') as f:
-      text = f.read(file_kb * 1024)[: caps[split] - sizes[split]]
-    chunks[split].append(text)
-    files[split].append(name)
-    sizes[split] += len(text)
-  data = {split: b''.join(parts) for split, parts in chunks.items()}
-  if min(len(v) for v in data.values()) < 1024:
-    raise SystemExit(f'not enough standard-library source under {root}')
-  return data, files
-
-
-def encode(data: dict[str, bytes]) -> tuple[dict[str, np.ndarray], int]:
-  """Byte ids over the training bytes' vocabulary (+1 out-of-vocabulary id)."""
-  train = np.frombuffer(data['train'], np.uint8)
-  vocab = np.unique(train)
-  table = np.full(256, len(vocab), np.int32)  # Unseen bytes -> OOV id.
-  table[vocab] = np.arange(len(vocab), dtype=np.int32)
-  ids = {split: table[np.frombuffer(text, np.uint8)] for split, text in data.items()}
-  return ids, len(vocab) + 1
-
-
-def windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """Non-overlapping (inputs, next-byte targets), each (n, seq_len)."""
-  n = (len(ids) - 1) // seq_len
-  x = ids[: n * seq_len].reshape(n, seq_len)
-  y = ids[1 : n * seq_len + 1].reshape(n, seq_len)
-  return x, y
-
-
-class Corpus(NamedTuple):
-  """The text of each split, its files, its windows and the vocabulary size."""
-
-  text: dict[str, bytes]
-  files: dict[str, list[str]]
-  windows: Data
-  vocab: int
+# Data: the standard library's source code (examples/_text.py, shared with transformer_lm.py).
 
 
 def load_corpus(args: argparse.Namespace) -> Corpus:
   """The splits of the standard library's source as windows; prints what they hold."""
-  text, files = stdlib_splits(args.train_kb, args.eval_kb, args.file_kb)
-  ids, vocab = encode(text)
-  data = {split: windows(v, args.seq_len) for split, v in ids.items()}
+  corpus = _text.load(args.train_kb, args.eval_kb, args.file_kb, args.seq_len)
+  data = corpus.windows
   if args.batch_size > len(data['train'][0]):
     raise SystemExit(f'--batch-size must be <= {len(data["train"][0])}')
   print(
-    f'stdlib source ({os.path.dirname(os.__file__)}): '
-    + ', '.join(
-      f'{s} {len(text[s]) // 1024} KiB ({_common.plural(len(files[s]), "file")})' for s in text
-    )
-    + f'; vocab {vocab}; {_common.plural(args.epochs, "epoch")} x '
+    _text.describe(corpus) + f'; {_common.plural(args.epochs, "epoch")} x '
     f'{_common.plural(len(data["train"][0]) // args.batch_size, "step")}, batch '
     f'{args.batch_size} x {args.seq_len}'
   )
-  return Corpus(text, files, data, vocab)
+  return corpus
 
 
 # ----------------------------------------------------------------------------
@@ -180,25 +118,6 @@ def train_step(model: CharLSTM, optimizer: nnx.Optimizer, x: jax.Array, y: jax.A
   loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
   optimizer.update(model, grads)
   return loss
-
-
-@nnx.jit
-def window_losses(model: CharLSTM, x: jax.Array, y: jax.Array) -> jax.Array:
-  """Summed cross-entropy (nats) of each window, shape (batch,)."""
-  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).sum(-1)
-
-
-def bits_per_char(model: CharLSTM, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
-  """Bits per byte over all windows, in fixed-size batches (one compile)."""
-  total = 0.0
-  for i in range(0, len(x), batch):
-    xb, yb = x[i : i + batch], y[i : i + batch]
-    n = len(xb)
-    if n < batch:  # Pad with zeros to the compiled shape; padding is dropped.
-      xb = np.concatenate([xb, np.zeros((batch - n, x.shape[1]), x.dtype)])
-      yb = np.concatenate([yb, np.zeros((batch - n, y.shape[1]), y.dtype)])
-    total += float(window_losses(model, xb, yb)[:n].sum())
-  return total / (x.size * math.log(2))
 
 
 def train_run(
@@ -232,7 +151,7 @@ def train_run(
     for segment in np.array_split(perm, args.evals_per_epoch):
       losses = [step(x_train[p], y_train[p]) for p in segment]
       train_bpc.append(float(jnp.mean(jnp.stack(losses))) / math.log(2))
-      valid_bpc.append(bits_per_char(model, *data['valid']))
+      valid_bpc.append(_text.bits_per_byte(model, *data['valid']))
       if not math.isfinite(train_bpc[-1]):
         valid_bpc[-1] = math.inf
       progress.set_postfix(train=f'{train_bpc[-1]:.3f}', valid=f'{valid_bpc[-1]:.3f}')
@@ -244,7 +163,7 @@ def train_run(
     'seed': seed,
     'train_bpc': train_bpc,
     'valid_bpc': valid_bpc,
-    'test_bpc': bits_per_char(model, *data['test']),
+    'test_bpc': _text.bits_per_byte(model, *data['test']),
     'wall_s': wall,
   }
 
