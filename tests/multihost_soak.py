@@ -55,11 +55,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def child_env(port: int) -> dict[str, str]:
+def child_env(port: int | None = None) -> dict[str, str]:
   """The environment for the example's processes.
 
-  Drops a forced device count (the example picks its own with --cpu-devices), pins JAX
-  to the CPU and binds the coordinator service to loopback only.
+  Drops a forced device count (the example picks its own with --cpu-devices) and
+  pins JAX to the CPU; with ``port``, binds the coordinator service to loopback
+  only (JAX binds every interface by default).
   """
   env = dict(os.environ)
   flags = [
@@ -69,9 +70,23 @@ def child_env(port: int) -> dict[str, str]:
   ]
   env['XLA_FLAGS'] = ' '.join(flags)
   env['JAX_PLATFORMS'] = 'cpu'
-  env['JAX_COORDINATOR_BIND_ADDRESS'] = f'127.0.0.1:{port}'
+  if port is not None:
+    env['JAX_COORDINATOR_BIND_ADDRESS'] = f'127.0.0.1:{port}'
   env['PYTHONUNBUFFERED'] = '1'
   return env
+
+
+def two_process_args(port: int, zero: bool = True) -> list[str]:
+  """The example's flags for two processes x two CPU devices (less --process-id)."""
+  return [
+    '--coordinator-address',
+    f'127.0.0.1:{port}',
+    '--num-processes',
+    '2',
+    '--cpu-devices',
+    '2',
+    *(['--zero'] if zero else []),
+  ]
 
 
 @dataclass
@@ -134,17 +149,7 @@ def run_once(
 ) -> tuple[Outcome, dict[str, str]]:
   """Starts the two processes, watches them until they end or time runs out."""
   port = free_port()
-  common = [
-    '--coordinator-address',
-    f'127.0.0.1:{port}',
-    '--num-processes',
-    '2',
-    '--cpu-devices',
-    '2',
-    '--steps',
-    str(args.steps),
-    *(['--zero'] if args.zero else []),
-  ]
+  common = [*two_process_args(port, args.zero), '--steps', str(args.steps)]
   peer_at = args.kill_peer_at or args.stop_peer_at
   victim, survivor = args.victim, 1 - args.victim
   if peer_at:

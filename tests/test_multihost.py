@@ -13,9 +13,7 @@ times, which a hang that strikes one run in ten needs.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,34 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.multihost_soak import child_env, free_port, two_process_args
+
 EXAMPLE = Path(__file__).resolve().parent.parent / 'examples' / 'multihost.py'
 TIMEOUT_S = 180  # For all processes together; they take ~20-60 s on 2 busy cores.
 STEPS = 40
 TOLERANCE = 1e-5
-
-
-def _free_port() -> int:
-  """A TCP port the OS reports free on 127.0.0.1 (for the coordinator)."""
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _env(port: int | None = None) -> dict[str, str]:
-  """The environment minus the test session's 8-device flag: the example
-  chooses its device count with --cpu-devices. With ``port``, the coordinator
-  service listens on 127.0.0.1 only (JAX binds every interface by default)."""
-  env = dict(os.environ)
-  flags = [
-    f
-    for f in env.get('XLA_FLAGS', '').split()
-    if not f.startswith('--xla_force_host_platform_device_count')
-  ]
-  env['XLA_FLAGS'] = ' '.join(flags)
-  env['JAX_PLATFORMS'] = 'cpu'
-  if port is not None:
-    env['JAX_COORDINATOR_BIND_ADDRESS'] = f'127.0.0.1:{port}'
-  return env
 
 
 def _run_all(
@@ -67,7 +43,7 @@ def _run_all(
       files[name] = open(logs / f'{name}.log', 'w')  # noqa: SIM115 (closed in the finally)
       procs[name] = subprocess.Popen(
         [sys.executable, str(EXAMPLE), *args],
-        env=_env(port),
+        env=child_env(port),
         stdout=files[name],
         stderr=subprocess.STDOUT,
         cwd=EXAMPLE.parent.parent,
@@ -101,17 +77,9 @@ def _run_all(
 
 
 def test_two_processes_match_one_process(tmp_path):
-  port = _free_port()
+  port = free_port()
   common = ['--steps', str(STEPS), '--log-every', '10', '--no-progress']
-  multi = [
-    '--coordinator-address',
-    f'127.0.0.1:{port}',
-    '--num-processes',
-    '2',
-    '--cpu-devices',
-    '2',
-    '--zero',
-  ]
+  multi = two_process_args(port)
   logs = _run_all(
     {
       'process0': [*common, *multi, '--process-id', '0', '--out', str(tmp_path / 'multi')],
@@ -140,7 +108,7 @@ def test_two_processes_match_one_process(tmp_path):
 def test_help_explains_cluster_launch():
   out = subprocess.run(
     [sys.executable, str(EXAMPLE), '--help'],
-    env=_env(),
+    env=child_env(),
     capture_output=True,
     text=True,
     timeout=60,
@@ -160,7 +128,7 @@ def test_help_explains_cluster_launch():
 def test_bad_launch_arguments_are_rejected():
   proc = subprocess.run(
     [sys.executable, str(EXAMPLE), '--num-processes', '2'],
-    env=_env(),
+    env=child_env(),
     capture_output=True,
     text=True,
     timeout=60,
@@ -178,15 +146,9 @@ WATCHDOG_GRACE_S = 15  # examples/multihost.py's watchdog fires at --timeout + t
 @contextlib.contextmanager
 def _pair(tmp_path: Path, timeout_s: float) -> Iterator[tuple[list[subprocess.Popen], list[Path]]]:
   """Two example processes with endless steps, each logged to a file; killed on exit."""
-  port = _free_port()
+  port = free_port()
   args = [
-    '--coordinator-address',
-    f'127.0.0.1:{port}',
-    '--num-processes',
-    '2',
-    '--cpu-devices',
-    '2',
-    '--zero',
+    *two_process_args(port),
     '--steps',
     '1000000',
     '--log-every',
@@ -203,7 +165,7 @@ def _pair(tmp_path: Path, timeout_s: float) -> Iterator[tuple[list[subprocess.Po
         procs.append(
           subprocess.Popen(
             [sys.executable, str(EXAMPLE), *args, '--process-id', str(i), '--out', str(tmp_path)],
-            env=_env(port),
+            env=child_env(port),
             stdout=f,
             stderr=subprocess.STDOUT,
             cwd=EXAMPLE.parent.parent,
