@@ -49,7 +49,7 @@ def _checked(
   chain: optax.GradientTransformationExtraArgs,
   weight_decay_mode: str,
   runtime_values: dict[str, Any] | None,
-  track_stats: bool,
+  stats_tail: optax.GradientTransformation | None,
 ) -> optax.GradientTransformationExtraArgs:
   """``chain``, whose update first checks that the state has this mode's layout.
 
@@ -57,7 +57,8 @@ def _checked(
   state of the other layout is named as such, not left to fail as an
   EmptyState where a ScaleByBeliefState was expected. With
   ``runtime_values``, a host callback checks them at every step; with
-  ``track_stats``, the statistics' update sizes are those of the whole step.
+  ``stats_tail`` (the transformations after the belief, which track its
+  statistics), the statistics' update sizes are those of the whole step.
   """
   belief_at = 1 if weight_decay_mode == 'l2' else 0
 
@@ -76,11 +77,13 @@ def _checked(
       )
     if runtime_values is not None:
       jax.debug.callback(_checks.raise_if_invalid, runtime_values)
+    tail_state = tuple(state[belief_at + 1 :])
+    grads = updates
     updates, state = chain.update(updates, state, params, **extra)
-    if track_stats:
+    if stats_tail is not None:
       belief = state[belief_at]
-      belief = belief._replace(stats=diagnostics.with_final_updates(belief.stats, updates))
-      state = (*state[:belief_at], belief, *state[belief_at + 1 :])
+      stats = diagnostics.with_final_step(belief.stats, grads, stats_tail, tail_state)
+      state = (*state[:belief_at], belief._replace(stats=stats), *state[belief_at + 1 :])
     return updates, state
 
   return optax.GradientTransformationExtraArgs(chain.init, update_fn)
@@ -115,17 +118,17 @@ def chain_with_weight_decay(
     _negated(weight_decay) if weight_decay_mode == 'fixed' else weight_decay,
     weight_decay_mask,
   )
-  chain = optax.chain(
-    *([decay] if weight_decay_mode == 'l2' else []),
-    belief,
+  tail = [
     *([decay] if weight_decay_mode == 'decoupled' else []),
     optax.scale_by_learning_rate(learning_rate),
     *([decay] if weight_decay_mode == 'fixed' else []),
-  )
+  ]
+  chain = optax.chain(*([decay] if weight_decay_mode == 'l2' else []), belief, *tail)
   values = {'learning_rate': learning_rate, 'weight_decay': weight_decay}
   numeric = {k: v for k, v in values.items() if not callable(v)}
   runtime = numeric if check_hyperparams else None
-  return _checked(chain, weight_decay_mode, runtime, track_stats)
+  stats_tail = optax.chain(*tail) if track_stats else None
+  return _checked(chain, weight_decay_mode, runtime, stats_tail)
 
 
 @takes_belief_options

@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import adabelief_jax
-from adabelief_jax import belief_stats, diagnostics, scale_by_belief, sharding
+from adabelief_jax import _storage, belief_stats, diagnostics, scale_by_belief, sharding
 from tests import devices, reference
 from tests.helpers import leaves64
 
@@ -95,12 +95,16 @@ def test_stats_match_a_float64_computation_from_the_oracle(options, eps, eps_roo
       assert float(stats['global/adaptive']) == float(reference.rho_t(0.99, t) >= 5.0)
 
 
-def test_tracking_changes_no_number_and_costs_no_state_when_off():
+@pytest.mark.parametrize('state_dtype', [None, 'bfloat16', 'int8'])
+def test_tracking_changes_no_number_and_costs_no_state_when_off(state_dtype):
+  """Also with low-memory state, whose eps-dominated fraction is that of the
+  stored s (the s the step divides by)."""
   params = _params()
   grads_seq = _grads(params, 5)
+  options = dict(mu_dtype=state_dtype, nu_dtype=state_dtype, eps=1e-6, eps_root=1e-16)
   runs = {}
   for track in (False, True):
-    tx = adabelief_jax.adabelief(1e-2, weight_decay=1e-2, track_stats=track)
+    tx = adabelief_jax.adabelief(1e-2, weight_decay=1e-2, track_stats=track, **options)
     state, p = tx.init(params), params
     for g in grads_seq:
       u, state = jax.jit(tx.update)(g, state, p)
@@ -109,16 +113,58 @@ def test_tracking_changes_no_number_and_costs_no_state_when_off():
   chex.assert_trees_all_equal(runs[False][0], runs[True][0])
   chex.assert_trees_all_equal(tuple(runs[False][1][0]), tuple(runs[True][1][0])[:4])
   assert type(runs[False][1][0]) is adabelief_jax.ScaleByBeliefState
+  belief = runs[True][1][0]
+  correction = 1 - 0.999 ** len(grads_seq)
+  bound = 1e-6 * np.sqrt(correction) + 2 * np.sqrt(1e-16 * correction / 1e-3)
+  nus = _storage.leaves(belief.nu, jax.tree.structure(params))
+  for name, nu in zip(sorted(params), nus):
+    s = np.asarray(_storage.load(nu, jnp.float32), np.float64)
+    want = np.mean(s <= bound**2)
+    assert 0.05 < want < 0.95  # Neither regime everywhere: the count is tested.
+    assert float(belief_stats(runs[True][1])[f'{name}/eps_dominated']) == pytest.approx(
+      want, abs=1e-6
+    )
 
 
-def test_adabelief_stats_measure_the_whole_step():
-  """For adabelief, update_rms is that of the final step: learning rate and decay included."""
-  params = {'w': jnp.ones((64, 64))}
-  tx = adabelief_jax.adabelief(1e-2, weight_decay=0.5, track_stats=True)
-  u, state = tx.update({'w': jnp.full((64, 64), 1e-3)}, tx.init(params), params)
-  np.testing.assert_allclose(
-    float(belief_stats(state)['w/update_rms']), float(jnp.sqrt(jnp.mean(u['w'] ** 2))), rtol=1e-6
+@pytest.mark.parametrize('mode', ['decoupled', 'fixed', 'l2'])
+def test_adabelief_stats_measure_the_whole_step(mode):
+  """For adabelief, update_rms is that of the final step: the learning rate (a
+  schedule) and the weight decay (masked) included, in every decay mode."""
+  rng = np.random.default_rng(0)
+  params = {
+    'w': jnp.asarray(rng.normal(size=(16, 32)), jnp.float32),
+    'b': jnp.asarray(rng.normal(size=(32,)), jnp.float32),
+  }
+  tx = adabelief_jax.adabelief(
+    optax.linear_schedule(1e-2, 1e-3, 4),
+    weight_decay=0.5,
+    weight_decay_mode=mode,
+    weight_decay_mask={'w': True, 'b': False},
+    track_stats=True,
   )
+  state, update = tx.init(params), jax.jit(tx.update)
+  for grads in _grads(params, 3):
+    u, state = update(grads, state, params)
+    stats = belief_stats(state)
+    for k in params:
+      rms = jnp.sqrt(jnp.mean(u[k] ** 2))
+      np.testing.assert_allclose(float(stats[f'{k}/update_rms']), float(rms), rtol=1e-4)
+  mean_square = sum(jnp.sum(x**2) for x in u.values()) / sum(x.size for x in u.values())
+  np.testing.assert_allclose(
+    float(stats['global/update_rms']), float(jnp.sqrt(mean_square)), rtol=1e-4
+  )
+
+
+def test_an_empty_parameter_has_nan_stats_and_leaves_the_global_ones_alone():
+  params = {'empty': jnp.zeros((0, 3)), 'w': jnp.ones((4, 5))}
+  grads = {'empty': jnp.zeros((0, 3)), 'w': jnp.full((4, 5), 1e-3)}
+  states = {}
+  for name, p, g in (('both', params, grads), ('w', {'w': params['w']}, {'w': grads['w']})):
+    tx = adabelief_jax.adabelief(1e-3, track_stats=True)
+    states[name] = belief_stats(tx.update(g, tx.init(p), p)[1])
+  assert all(np.isnan(float(v)) for k, v in states['both'].items() if k.startswith('empty/'))
+  for key, value in states['w'].items():
+    np.testing.assert_allclose(float(states['both'][key]), float(value), rtol=1e-6)
 
 
 def test_belief_stats_without_stats_says_how_to_enable_them():
