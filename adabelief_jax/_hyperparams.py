@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import textwrap
 from collections.abc import Callable
 from typing import Any, TypedDict, TypeVar
 
@@ -93,6 +94,49 @@ class BeliefOptions(TypedDict, total=False):
   track_stats: bool
 
 
+# Each option's documentation, appended once to every constructor that takes
+# them (see takes_belief_options), as Google-style "Keyword Args".
+OPTION_DOCS = {
+  'amsgrad': r"""use the running maximum of ``s``: :math:`\hat s_t` from
+    :math:`\max_{k \le t} s_k` (AMSGrad).""",
+  'rectify': r"""RAdam's variance rectification, as in adabelief-pytorch: with
+    :math:`\rho_\infty = 2/(1-b_2) - 1` and :math:`\rho_t = \rho_\infty - 2 t b_2^t
+    / (1 - b_2^t)`, steps with :math:`\rho_t \ge` ``sma_threshold`` are
+    multiplied by :math:`r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}
+    {(\rho_\infty-4)(\rho_\infty-2)\rho_t}}`, earlier ones follow
+    ``degenerate_to_sgd``.""",
+  'sma_threshold': r"""the :math:`\rho_t` from which rectified steps are adaptive,
+    a number above four.""",
+  'degenerate_to_sgd': r"""with ``rectify``, take momentum-SGD steps,
+    :math:`u_t = \hat m_t`, before the threshold (otherwise no step).""",
+  'nesterov': r"""Nesterov momentum, :math:`\hat m_t = b_1 m_t / (1 - b_1^{t+1}) +
+    (1 - b_1) g_t / (1 - b_1^t)`, as ``optax.scale_by_belief(nesterov=True)``.""",
+  'mu_dtype': """storage of ``m``: a float dtype, or ``jnp.int8`` (``'int8'``)
+    for 8-bit codes with one float32 scale per block; default float32 for
+    16-bit parameters, else the parameter's dtype.""",
+  'nu_dtype': """storage of ``s`` (and its maximum), likewise; float16 is
+    refused (an ``s`` of 1e-16 is zero in float16).""",
+  'stochastic_rounding': """round every store into a narrower format than the
+    compute dtype (bfloat16, float16, 8-bit codes) stochastically, exact in
+    expectation, with bits hashed from (``rounding_seed``, step, leaf, element
+    index): no key in the state, bit-reproducible runs, the same bits whatever
+    the sharding. ``False`` rounds to nearest, with which a bfloat16 ``s``
+    stops decaying (``0.999 * s`` rounds back to ``s``).""",
+  'rounding_seed': 'seed of the rounding bits, an integer >= 0.',
+  'quantization_block_size': """elements per scale along the last axis of
+    8-bit moments (blocks never span rows, so a leaf sharded on its other axes
+    keeps whole blocks), a positive integer. Leaves of fewer than 4096
+    elements stay float32.""",
+  'check_hyperparams': """check ``b1``, ``b2``, ``eps`` and ``eps_root`` (for
+    ``adabelief``, also numeric learning rate and weight decay) at every step,
+    with a host callback that raises: for values traced through
+    ``optax.inject_hyperparams``, which construction cannot check.""",
+  'track_stats': r"""record the belief statistics of every step in the state
+    (eps-dominated fraction, percentiles of :math:`\sqrt{\hat s_t}`, step and
+    parameter RMS; see :mod:`adabelief_jax.diagnostics`), read with
+    :func:`adabelief_jax.belief_stats`. It costs step time.""",
+}
+
 F = TypeVar('F', bound=Callable[..., Any])
 
 
@@ -103,7 +147,8 @@ def takes_belief_options(fn: F) -> F:
   arguments with, and the docs show) then lists each option as a keyword-only
   parameter with its default, in place of ``**options``: the options are
   listed once, in :class:`BeliefOptions`, whatever the number of
-  constructors that take them.
+  constructors that take them. Their documentation, :data:`OPTION_DOCS`, is
+  appended to ``fn``'s docstring in the same way.
   """
   signature = inspect.signature(fn)
   own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
@@ -117,7 +162,26 @@ def takes_belief_options(fn: F) -> F:
     for name, annotation in BeliefOptions.__annotations__.items()
   ]
   fn.__signature__ = signature.replace(parameters=own + options)  # type: ignore[attr-defined]
+  fn.__doc__ = _with_option_docs(fn.__doc__ or '')
   return fn
+
+
+def _with_option_docs(doc: str) -> str:
+  """``doc`` with a "Keyword Args" section of :data:`OPTION_DOCS` before its
+  "Returns" (a docstring indented by two spaces, as in this package)."""
+  entry = lambda name: textwrap.fill(
+    ' '.join(OPTION_DOCS[name].split()),
+    width=80,
+    initial_indent=f'    {name}: ',
+    subsequent_indent='      ',
+    break_long_words=False,
+    break_on_hyphens=False,
+  )
+  section = '  Keyword Args:\n' + ''.join(f'{entry(n)}\n' for n in BeliefOptions.__annotations__)
+  head, returns, tail = doc.partition('\n  Returns:')
+  return (
+    f'{head.rstrip()}\n\n{section}\n{returns.lstrip(chr(10))}{tail}' if returns else doc + section
+  )
 
 
 def default_state_dtype(param_dtype: Any, requested: jnp.dtype | None) -> jnp.dtype:

@@ -147,10 +147,8 @@ def adabelief(
   r"""The AdaBelief optimizer (Zhuang et al., 2020) with weight decay.
 
   The step is :math:`-\eta_t u_t` with :math:`u_t` from
-  :func:`adabelief_jax.scale_by_belief` (see it for the update rule and the
-  meaning of ``b1``, ``b2``, ``eps``, ``eps_root``, ``amsgrad``, ``rectify``,
-  ``sma_threshold``, ``degenerate_to_sgd``, ``nesterov`` and the state dtypes),
-  plus weight decay :math:`\lambda` in one of three modes:
+  :func:`adabelief_jax.scale_by_belief` (see it for the update rule), plus
+  weight decay :math:`\lambda` in one of three modes:
 
   * ``"decoupled"`` (default; AdamW's convention and adabelief-pytorch's
     ``weight_decouple=True``): :math:`p \leftarrow p - \eta_t (u_t + \lambda p)`.
@@ -166,17 +164,9 @@ def adabelief(
     eps: added to :math:`\sqrt{\hat s_t}`, >= 0 (1e-16 ~ Adam's 1e-8 squared).
     eps_root: added to :math:`s_t` every step, >= 0 (the paper's epsilon).
     weight_decay: :math:`\lambda`, a non-negative number or a schedule.
-    weight_decay_mask: a pytree of booleans (or a function of the params
-      returning one), ``True`` where decay applies, as
-      ``optax.add_decayed_weights``.
+    weight_decay_mask: booleans shaped like the params (or a function of them
+      returning those), ``True`` where decay applies, as optax's.
     weight_decay_mode: ``"decoupled"``, ``"fixed"`` or ``"l2"``.
-    amsgrad: see :func:`adabelief_jax.scale_by_belief`.
-    rectify: see :func:`adabelief_jax.scale_by_belief`.
-    sma_threshold: see :func:`adabelief_jax.scale_by_belief`.
-    degenerate_to_sgd: see :func:`adabelief_jax.scale_by_belief`.
-    nesterov: see :func:`adabelief_jax.scale_by_belief`.
-    mu_dtype: see :func:`adabelief_jax.scale_by_belief`.
-    nu_dtype: see :func:`adabelief_jax.scale_by_belief`.
 
   Returns:
     An ``optax.chain``: ``[l2 decay] -> scale_by_belief -> [decoupled decay] ->

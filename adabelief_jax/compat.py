@@ -62,10 +62,7 @@ def adabelief_pytorch(
   _checks.check_decay('betas[1]', b2)
   _checks.check_nonnegative('eps', eps)
   _checks.check_nonnegative('lr', lr)
-  if weight_decouple:
-    mode = 'fixed' if fixed_decay else 'decoupled'
-  else:
-    mode = 'l2'
+  mode = ('fixed' if fixed_decay else 'decoupled') if weight_decouple else 'l2'
   belief = BeliefHyperparams(
     b1=b1,
     b2=b2,

@@ -331,20 +331,8 @@ def scale_by_belief(
     u_t &= \hat m_t / (\sqrt{\hat s_t} + \epsilon)
 
   The output is :math:`u_t`; chain with ``optax.scale_by_learning_rate`` (which
-  negates) to obtain the step :math:`-\eta u_t`.
-
-  Options:
-
-  * ``amsgrad``: :math:`\hat s_t` uses :math:`\max_{k \le t} s_k`.
-  * ``rectify`` (RAdam's variance rectification, as in adabelief-pytorch):
-    with :math:`\rho_\infty = 2/(1-b_2) - 1` and
-    :math:`\rho_t = \rho_\infty - 2 t b_2^t / (1 - b_2^t)`, steps with
-    :math:`\rho_t \ge` ``sma_threshold`` are multiplied by
-    :math:`r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}
-    {(\rho_\infty-4)(\rho_\infty-2)\rho_t}}`; earlier steps are
-    momentum SGD, :math:`u_t = \hat m_t`, if ``degenerate_to_sgd``, else zero.
-  * ``nesterov``: :math:`\hat m_t = b_1 m_t / (1 - b_1^{t+1}) +
-    (1 - b_1) g_t / (1 - b_1^t)`, as ``optax.scale_by_belief(nesterov=True)``.
+  negates) to obtain the step :math:`-\eta u_t`. The keyword options add
+  AMSGrad, rectification and Nesterov momentum.
 
   Unlike Adam's, AdaBelief's ``eps`` values are compared with a square root of
   ``s``: ``eps_root`` (the paper's :math:`\epsilon`, added to ``s`` every step)
@@ -356,15 +344,10 @@ def scale_by_belief(
 
   Low-memory state: with a state dtype narrower than the compute dtype, the
   step uses :math:`m_t` and :math:`s_t` as stored (rounded), which also lets
-  XLA update the state in place. ``jnp.int8`` stores a moment as 8-bit codes
-  plus one float32 scale per block of ``quantization_block_size`` elements
-  along the last axis (blocks never span rows, so a leaf sharded on its other
-  axes keeps whole blocks): :math:`m` as ``sign(c) (|c|/127)^2`` times its
-  block's largest :math:`|m|`, :math:`s` as :math:`\sqrt{s}`, itself
-  ``(c/255)^2`` times its block's largest :math:`\sqrt{s}`. Leaves with fewer
-  than 4096 elements stay float32. Stochastic rounding draws its bits from a
-  hash of (``rounding_seed``, step, leaf, element index): no key in the state,
-  bit-reproducible runs, and the same bits whatever the sharding.
+  XLA update the state in place. 8-bit moments are codes of a small float
+  format relative to one float32 scale per block (see ``mu_dtype`` and
+  ``quantization_block_size``): 3 mantissa bits for :math:`m`, 2 for
+  :math:`s` over 63 powers of two, a positive :math:`s` never stored as zero.
 
   Args:
     b1: decay of the first moment, in [0, 1).
@@ -372,27 +355,6 @@ def scale_by_belief(
     eps: added to :math:`\sqrt{\hat s_t}`, >= 0.
     eps_root: added to :math:`s_t` every step, >= 0; must be positive to
       differentiate through the update (meta-learning).
-    amsgrad: use the running maximum of ``s``.
-    rectify: apply RAdam's rectification.
-    sma_threshold: the :math:`\rho_t` from which rectified steps are adaptive;
-      > 4.
-    degenerate_to_sgd: with ``rectify``, take momentum-SGD steps before the
-      threshold (otherwise no step).
-    nesterov: use Nesterov momentum.
-    mu_dtype: dtype of ``m``; default float32 for 16-bit parameters, else the
-      parameter's dtype.
-    nu_dtype: dtype of ``s`` (and its maximum); default float32 for 16-bit
-      parameters, else the parameter's (real) dtype. An ``s`` of 1e-16 is zero
-      in float16, which is why half-precision ``s`` is not the default.
-      Either dtype may also be ``jnp.int8`` (or ``'int8'``): 8-bit codes with
-      one float32 scale per block (see "Low-memory state" below).
-    stochastic_rounding: round every store into a narrower format than the
-      compute dtype (bfloat16, float16, 8-bit codes) stochastically, so that
-      it is exact in expectation; ``False`` rounds to nearest, with which a
-      bfloat16 ``s`` stops decaying (``0.999 * s`` rounds back to ``s``).
-    rounding_seed: seed of the rounding bits, an integer >= 0.
-    quantization_block_size: elements per scale along the last axis of
-      8-bit moments, a positive integer.
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`ScaleByBeliefState`.
