@@ -96,6 +96,44 @@ def add_positive_ints(
   add_flags(parser, flags, positive_int)
 
 
+def add_lr_grids(parser: argparse.ArgumentParser, grids: dict[str, Any]) -> None:
+  """Adds ``--lrs-<optimizer>``: each optimizer's learning-rate grid (numbers > 0)."""
+  flags = [
+    (f'--lrs-{name}', grid, f'learning-rate grid for {name}') for name, grid in grids.items()
+  ]
+  add_flags(parser, flags, positive_floats)
+
+
+def add_gan_flags(
+  parser: argparse.ArgumentParser, *, steps: int, eval_every: int, batch_size: int, unit: str
+) -> None:
+  """The flags of both GAN scripts: iterations, evaluation interval, batch, beta1 values."""
+  add_positive_ints(
+    parser,
+    [
+      ('--steps', steps, 'training iterations (one D and one G step each)'),
+      ('--eval-every', eval_every, 'iterations between evaluations (divides --steps)'),
+      ('--batch-size', batch_size, f'real and fake {unit} per step'),
+    ],
+  )
+  parser.add_argument(
+    '--b1s',
+    type=float_list(lambda b1: 0 <= b1 < 1, 'in [0, 1)'),
+    default='0.5,0.9',
+    help='beta1 values, each run for every optimizer (default: %(default)s)',
+  )
+
+
+def parse_gan_args(
+  parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+  """``parser``'s arguments, with --eval-every checked to divide --steps."""
+  args = parser.parse_args(argv)
+  if args.steps % args.eval_every:
+    raise SystemExit('--steps must be a multiple of --eval-every')
+  return args
+
+
 def positive_int(text: str) -> int:
   """An argparse ``type`` for a whole number >= 1 (counts, sizes, steps)."""
   try:

@@ -611,27 +611,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = _common.make_parser(
     __doc__, 'dcgan_mnist', OPTIMIZERS, seeds=3, seeds_help='runs per setting, seeds 0..N-1'
   )
+  _common.add_gan_flags(parser, steps=2000, eval_every=100, batch_size=32, unit='images')
   _common.add_positive_ints(
     parser,
     [
-      ('--steps', 2000, 'training iterations (one D and one G step each)'),
-      ('--eval-every', 100, 'iterations between evaluations'),
-      ('--batch-size', 32, 'real and fake images per step'),
       ('--width', 8, 'channels of the first conv layer (the other has twice as many)'),
       ('--classifier-epochs', 8, 'epochs of the metric classifier (cached in --out)'),
     ],
   )
-  parser.add_argument(
-    '--b1s',
-    type=_common.float_list(lambda b1: 0 <= b1 < 1, 'in [0, 1)'),
-    default='0.5,0.9',
-    help='beta1 values, each run for every optimizer (default: %(default)s)',
-  )
   _common.add_flags(parser, [('--lr', 2e-4, 'learning rate of every setting')], positive_float)
-  args = parser.parse_args(argv)
-  if args.steps % args.eval_every:
-    raise SystemExit('--steps must be a multiple of --eval-every')
-  return args
+  return _common.parse_gan_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -392,15 +392,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = _common.make_parser(
     __doc__, 'gan_2d', OPTIMIZERS, seeds=5, seeds_help='runs per setting, seeds 0..N-1'
   )
+  _common.add_gan_flags(parser, steps=20000, eval_every=1000, batch_size=128, unit='samples')
   _common.add_positive_ints(
-    parser,
-    [
-      ('--steps', 20000, 'training iterations (one D and one G step each)'),
-      ('--eval-every', 1000, 'iterations between evaluations'),
-      ('--batch-size', 128, 'real and fake samples per step'),
-      ('--hidden', 64, 'width of the MLPs'),
-      ('--latent', 2, 'latent dimension'),
-    ],
+    parser, [('--hidden', 64, 'width of the MLPs'), ('--latent', 2, 'latent dimension')]
   )
   parser.add_argument(
     '--lrs',
@@ -409,18 +403,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     help='learning rates, each run for every setting and seed (default: %(default)s)',
   )
   parser.add_argument(
-    '--b1s',
-    type=_common.float_list(lambda b1: 0 <= b1 < 1, 'in [0, 1)'),
-    default='0.5,0.9',
-    help='beta1 values (default: %(default)s)',
-  )
-  parser.add_argument(
     '--std', type=float, default=0.02, help='std of each Gaussian (default: %(default)s)'
   )
-  args = parser.parse_args(argv)
-  if args.steps % args.eval_every:
-    raise SystemExit('--steps must be a multiple of --eval-every')
-  return args
+  return _common.parse_gan_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

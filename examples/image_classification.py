@@ -557,17 +557,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     default=None,
     help='training epochs per run for every data set (default: mnist1d 60, mnist 20)',
   )
-  for name, opt in OPTIMIZERS.items():
-    _common.add_flags(
-      parser,
-      [(f'--lrs-{name}', opt.lrs, f'learning-rate grid for {name}')],
-      _common.positive_floats,
-    )
-    _common.add_flags(
-      parser,
-      [(f'--wds-{name}', opt.wds, f'weight-decay grid for {name} ({opt.decay})')],
-      _common.float_list(lambda wd: wd >= 0, '>= 0'),
-    )
+  _common.add_lr_grids(parser, {name: opt.lrs for name, opt in OPTIMIZERS.items()})
+  wds = [
+    (f'--wds-{name}', opt.wds, f'weight-decay grid for {name} ({opt.decay})')
+    for name, opt in OPTIMIZERS.items()
+  ]
+  _common.add_flags(parser, wds, _common.float_list(lambda wd: wd >= 0, '>= 0'))
   args = parser.parse_args(argv)
   sizes = {name: grid_size(args, name) for name in args.optimizers}
   if len(set(sizes.values())) > 1:

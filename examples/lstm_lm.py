@@ -247,11 +247,7 @@ def notes(args: argparse.Namespace, corpus: Corpus, wall: float) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = _common.make_parser(__doc__, 'lstm_lm', OPTIMIZERS, seeds=2, epochs=3, batch_size=32)
-  grids = [
-    (f'--lrs-{name}', grid, f'learning-rate grid for {name}')
-    for name, (grid, _) in OPTIMIZERS.items()
-  ]
-  _common.add_flags(parser, grids, _common.positive_floats)
+  _common.add_lr_grids(parser, {name: grid for name, (grid, _) in OPTIMIZERS.items()})
   _common.add_positive_ints(
     parser,
     [

@@ -339,11 +339,7 @@ def notes(args: argparse.Namespace, data: Data) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = _common.make_parser(__doc__, 'quickstart', OPTIMIZERS, seeds=3, epochs=20, batch_size=32)
-  grids = [
-    (f'--lrs-{name}', lrs, f'learning-rate grid for {name}')
-    for name, (lrs, _) in OPTIMIZERS.items()
-  ]
-  _common.add_flags(parser, grids, _common.positive_floats)
+  _common.add_lr_grids(parser, {name: lrs for name, (lrs, _) in OPTIMIZERS.items()})
   parser.add_argument(
     '--weight-decay',
     type=float,

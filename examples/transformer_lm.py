@@ -400,10 +400,7 @@ def notes(args: argparse.Namespace, corpus: _text.Corpus, params: int, wall: flo
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = _common.make_parser(__doc__, 'transformer_lm', OPTIMIZERS, seeds=3, batch_size=16)
-  grids = [
-    (f'--lrs-{n}', grid, f'learning-rate grid for {n}') for n, (grid, _) in OPTIMIZERS.items()
-  ]
-  _common.add_flags(parser, grids, _common.positive_floats)
+  _common.add_lr_grids(parser, {name: grid for name, (grid, _) in OPTIMIZERS.items()})
   _common.add_positive_ints(
     parser,
     [
