@@ -88,7 +88,7 @@ def describe(
   ``shard_axis``; the last line compares bytes per device with the unsharded
   state. Nothing is computed on devices, and nothing is warned about.
   """
-  return _plan.plan(tx, params, mesh, shard_axis, 'describe', warn=False)
+  return _plan.placement(tx, params, mesh, shard_axis, 'describe', warn=False)[0]
 
 
 def state_shardings(
@@ -120,17 +120,21 @@ def state_shardings(
     TypeError: a param has a sharding other than a NamedSharding, or comes
       from ``jax.pmap``.
   """
-  return _plan.plan(tx, params, mesh, shard_axis, 'state_shardings').shardings
+  return _plan.placement(tx, params, mesh, shard_axis, 'state_shardings')[0].shardings
 
 
 def moment_shardings(
   params: PyTree, mesh: Mesh | None = None, *, shard_axis: str | None = None
 ) -> PyTree:
-  """The sharding of each parameter's moments, as a pytree like ``params``.
+  """The sharding of each parameter's float moments, as a pytree like ``params``.
 
-  The same placement :func:`state_shardings` gives the moments, useful to
-  reshard gradients (or ``jax.lax.with_sharding_constraint`` them) to where
-  the optimizer state lives.
+  The placement :func:`state_shardings` gives moments stored as float arrays
+  (of any dtype), useful to reshard gradients (or
+  ``jax.lax.with_sharding_constraint`` them) to where the optimizer state
+  lives. It knows no ``tx``, so not 8-bit state: with ``shard_axis``, a
+  parameter with 8-bit moments is partitioned only between whole blocks, and
+  all its moments with it. For such state, :func:`with_sharded_state` puts
+  the gradients where the moments are, and :func:`describe` shows the plan.
   """
   mesh = _plan.resolve_mesh(params, mesh, 'moment_shardings')
   _plan.check_shard_axis(shard_axis, mesh, 'moment_shardings')
@@ -150,7 +154,7 @@ def abstract_state(
   first, e.g. ``orbax.checkpoint.StandardCheckpointer().restore(path,
   abstract_state(tx, params, shard_axis='data'))``.
   """
-  shardings = _plan.plan(tx, params, mesh, shard_axis, 'abstract_state').shardings
+  shardings = _plan.placement(tx, params, mesh, shard_axis, 'abstract_state')[0].shardings
   return jax.tree.map(
     lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
     jax.eval_shape(tx.init, params),
@@ -176,7 +180,7 @@ def init_sharded(
         f'init_sharded: params{jax.tree_util.keystr(path)} is a ShapeDtypeStruct; '
         'pass arrays, or use abstract_state() for a state without values.'
       )
-  shardings = _plan.plan(tx, params, mesh, shard_axis, 'init_sharded').shardings
+  shardings = _plan.placement(tx, params, mesh, shard_axis, 'init_sharded')[0].shardings
   return jax.jit(tx.init, out_shardings=shardings)(params)
 
 
@@ -205,8 +209,7 @@ def with_sharded_state(
   The params only give shapes and shardings: the wrapper works for any params
   placed the same way.
   """
-  plan = _plan.plan(tx, params, mesh, shard_axis, 'with_sharded_state')
-  moments = _plan.moments(params, plan.mesh, shard_axis)
+  plan, moments = _plan.placement(tx, params, mesh, shard_axis, 'with_sharded_state')
   return _runtime.sharded_update(
     tx,
     plan.shardings,

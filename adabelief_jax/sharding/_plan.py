@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from adabelief_jax._quantize import QuantizedMoment
 from adabelief_jax.sharding._specs import fit_spec, shard_bytes, spec_str, zero_spec
 
 PyTree = Any
@@ -224,40 +225,120 @@ def _placement(
   return _Moment(where, param_shape or shape, sharding, moment, note)
 
 
-def moments(params: PyTree, mesh: Mesh, shard_axis: str | None) -> PyTree:
-  """A :class:`_Moment` per parameter, structured like ``params``."""
+def moments(
+  params: PyTree, mesh: Mesh, shard_axis: str | None, blocks: dict[str, int] | None = None
+) -> PyTree:
+  """A :class:`_Moment` per parameter, structured like ``params``.
+
+  ``blocks`` maps a parameter's path to the block length of its 8-bit state,
+  which ZeRO-1 may split along the last axis only between whole blocks;
+  parameters not in it have float state (``block=1``).
+  """
+  blocks = blocks or {}
 
   def one(path: Any, leaf: Any) -> _Moment:
     sharding = getattr(leaf, 'sharding', None)
     if not isinstance(sharding, NamedSharding):
       sharding = NamedSharding(mesh, PartitionSpec())  # Unsharded: replicated.
-    return _placement(jax.tree_util.keystr(path), sharding, tuple(np.shape(leaf)), shard_axis)
+    where = jax.tree_util.keystr(path)
+    return _placement(where, sharding, tuple(np.shape(leaf)), shard_axis, blocks.get(where, 1))
 
   return jax.tree_util.tree_map_with_path(one, params)
 
 
-def _place(leaf: Any, moment: _Moment, shard_axis: str | None) -> Any:
-  """The placement of a state leaf that mirrors ``moment``'s parameter.
+@dataclasses.dataclass(frozen=True)
+class _StateLeaf:
+  """A state leaf, what it stores, and the parameter it mirrors.
 
-  8-bit codes (int8 and uint8 leaves of the parameter's shape) keep whole rows,
-  hence whole blocks, on every device. Block scales (leaves of another shape)
-  take the parameter's spec where it divides their shape.
+  Not a pytree, so that ``optax.tree.map_params`` hands it over whole.
+
+  Attributes:
+    leaf: the leaf (a ``jax.ShapeDtypeStruct``).
+    kind: ``'codes'`` or ``'scales'`` inside a :class:`QuantizedMoment`,
+      ``'array'`` for every other leaf.
+    block: for codes in 8-bit blocks, the block length along the last axis;
+      else 1.
+    param: the path of the parameter it mirrors, or ``None``.
   """
-  if _is_masked(leaf):
-    return leaf  # A masked-out parameter: keep the empty node.
-  shape = tuple(leaf.shape)
-  if shape == moment.param_shape and leaf.dtype not in (jnp.int8, jnp.uint8):
+
+  leaf: Any
+  kind: str = 'array'
+  block: int = 1
+  param: str | None = None
+
+
+def _mark(abstract: PyTree) -> PyTree:
+  """``abstract`` with each leaf a :class:`_StateLeaf` saying what it stores.
+
+  8-bit state is known by its type: the codes and scales of a
+  :class:`QuantizedMoment` (a leaf small enough to stay float32 has a scalar
+  scale, and no blocks).
+  """
+
+  def codes(leaf: Any, scales: Any, block_size: int) -> _StateLeaf:
+    block = min(block_size, leaf.shape[-1]) if scales.shape else 1
+    return _StateLeaf(leaf, 'codes', block)
+
+  def one(node: Any) -> Any:
+    if not isinstance(node, QuantizedMoment):
+      return _StateLeaf(node)
+    return dataclasses.replace(
+      node,
+      codes=jax.tree.map(lambda c, s: codes(c, s, node.block_size), node.codes, node.scales),
+      scales=jax.tree.map(lambda s: _StateLeaf(s, 'scales'), node.scales),
+    )
+
+  return jax.tree.map(one, abstract, is_leaf=lambda x: isinstance(x, QuantizedMoment))
+
+
+def _owned(tx: optax.GradientTransformation, abstract: PyTree, params: PyTree) -> list[_StateLeaf]:
+  """Each leaf of ``abstract`` (``tx``'s state), in order, with its parameter's path.
+
+  ``optax.tree.map_params`` finds the subtrees of the state that stand for the
+  params (in chains, ``masked``, ``MultiSteps``, ``inject_hyperparams``...);
+  every other leaf mirrors no parameter.
+  """
+  paths = jax.tree_util.tree_map_with_path(lambda path, _: jax.tree_util.keystr(path), params)
+  owned = optax.tree.map_params(
+    tx,
+    lambda s, where: s if _is_masked(s) else dataclasses.replace(s, param=where),
+    _mark(abstract),
+    paths,
+    is_leaf=_is_masked,
+  )
+  treedef = jax.tree.structure(abstract)
+  return list(treedef.flatten_up_to(owned))  # type: ignore[attr-defined]  # jaxlib has no stubs.
+
+
+def _blocks(leaves: list[_StateLeaf]) -> dict[str, int]:
+  """Each parameter with 8-bit state: a block length that all its state's blocks divide."""
+  blocks: dict[str, int] = {}
+  for s in leaves:
+    if s.param is not None and s.block > 1:
+      blocks[s.param] = math.lcm(blocks.get(s.param, 1), s.block)
+  return blocks
+
+
+def _place(s: _StateLeaf, moment: _Moment | None, shard_axis: str | None) -> _Moment | None:
+  """The placement of state leaf ``s``; ``moment`` is its parameter's (or ``None``).
+
+  Leaves of the parameter's shape (moments, 8-bit codes) take the
+  parameter's one placement, so that the update needs no resharding between
+  them; block scales follow it where it divides their shape. Other leaves
+  (statistics, factored moments) take the parameter's spec where it divides
+  theirs, then their own ZeRO-1 dimension.
+  """
+  if moment is None:
+    return None  # Mirrors no parameter: replicated.
+  shape, mesh = tuple(s.leaf.shape), moment.sharding.mesh
+  if s.kind == 'scales' and shape:
+    spec = fit_spec(moment.sharding.spec, shape, mesh)
+    return dataclasses.replace(moment, sharding=moment.sharding.update(spec=spec))
+  if s.kind != 'scales' and shape == moment.param_shape:
     return moment
-  sharding = moment.param_sharding
-  if shape == moment.param_shape:
-    whole_rows = shape[-1] if len(shape) > 1 else 1
-    return _placement(moment.param, sharding, shape, shard_axis, whole_rows, moment.param_shape)
-  sharding = sharding.update(spec=fit_spec(sharding.spec, shape, sharding.mesh))
+  # A float leaf's scalar scale, or a leaf of another shape.
+  sharding = moment.param_sharding.update(spec=fit_spec(moment.param_sharding.spec, shape, mesh))
   return _placement(moment.param, sharding, shape, shard_axis, param_shape=moment.param_shape)
-
-
-def _not_a_moment(subtree: PyTree) -> PyTree:
-  return jax.tree.map(lambda _: None, subtree, is_leaf=lambda x: x is None)
 
 
 def _is_masked(x: Any) -> bool:
@@ -279,11 +360,13 @@ def _leaf_plan(path: Any, leaf: Any, moment: _Moment | None, sharding: NamedShar
   )
 
 
-def _warn_not_partitioned(plan: ShardingPlan) -> None:
+def _warn_not_partitioned(plan: ShardingPlan, blocked: set[str]) -> None:
   """Warns about moments left unpartitioned, unless all are tiny.
 
   Leaves with fewer elements than the axis size (scalars, short biases) could
   not give every device a piece anyway; :func:`describe` still lists them.
+  ``blocked`` names the parameters with 8-bit state, whose last dimension
+  counts only in whole blocks.
   """
   if plan.shard_axis is None:
     return
@@ -295,18 +378,23 @@ def _warn_not_partitioned(plan: ShardingPlan) -> None:
   listed = ', '.join(f'{p} {s}' for p, s in params[:8])
   more = f' and {len(params) - 8} more' if len(params) > 8 else ''
   wasted = sum(leaf.bytes_per_device for leaf in skipped)
+  blocks = (
+    " (8-bit state's last dimension only in whole blocks)"
+    if any(leaf.param in blocked for leaf in skipped)
+    else ''
+  )
   warnings.warn(
     f'{len(skipped)} optimizer-state leaves ({wasted} bytes per device, of '
     f"{plan.bytes_per_device}) keep their parameter's sharding: no dimension of "
     f'their parameter is divisible by the size {size} of mesh axis '
-    f'{plan.shard_axis!r}: {listed}{more}. adabelief_jax.sharding.describe() shows '
-    'the full plan.',
+    f'{plan.shard_axis!r}{blocks}: {listed}{more}. adabelief_jax.sharding.describe() '
+    'shows the full plan.',
     ShardingWarning,
-    stacklevel=4,  # _warn_not_partitioned <- plan <- the public function <- its caller.
+    stacklevel=4,  # _warn_not_partitioned <- placement <- the public function <- its caller.
   )
 
 
-def plan(
+def placement(
   tx: optax.GradientTransformation,
   params: PyTree,
   mesh: Mesh | None,
@@ -314,14 +402,18 @@ def plan(
   caller: str,
   *,
   warn: bool = True,
-) -> ShardingPlan:
-  """The placement of ``tx``'s state; what every public entry point builds on.
+) -> tuple[ShardingPlan, PyTree]:
+  """The placement of ``tx``'s state, and the one of each parameter's moments.
 
-  ``optax.tree.map_params`` finds the subtrees of the state that stand for the
-  params (in chains, ``masked``, ``MultiSteps``, ``inject_hyperparams``...);
-  their leaves go where :func:`moments` says, every other leaf is
-  replicated. With ``warn``, moments that ``shard_axis`` cannot partition are
-  named in a :class:`ShardingWarning`.
+  Every state leaf that mirrors a parameter goes where that parameter's one
+  placement says (:func:`_place`), every other leaf is replicated. A
+  parameter with 8-bit state (a :class:`QuantizedMoment` covers it) is
+  partitioned by ``shard_axis`` only between whole blocks, and then so are
+  all its other moments, so that its update needs no resharding. Returns
+  the plan and that placement as a tree of :class:`_Moment` like ``params``
+  (where ``with_sharded_state`` puts the gradients). With ``warn``, moments
+  that ``shard_axis`` cannot partition are named in a
+  :class:`ShardingWarning`.
   """
   if not hasattr(tx, 'init'):
     raise TypeError(
@@ -330,23 +422,21 @@ def plan(
   mesh = resolve_mesh(params, mesh, caller)
   check_shard_axis(shard_axis, mesh, caller)
   abstract = jax.eval_shape(tx.init, params)
-  placed = optax.tree.map_params(
-    tx,
-    lambda leaf, moment: _place(leaf, moment, shard_axis),
-    abstract,
-    moments(params, mesh, shard_axis),
-    transform_non_params=_not_a_moment,
-    is_leaf=_is_masked,
-  )
-  paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-  flat_moments = treedef.flatten_up_to(placed)  # type: ignore[attr-defined]  # jaxlib has no stubs.
+  state_leaves = _owned(tx, abstract, params)
+  blocks = _blocks(state_leaves)
+  per_param = moments(params, mesh, shard_axis, blocks)
+  by_path = {m.param: m for m in jax.tree.leaves(per_param)}
+  placed = [
+    _place(s, None if s.param is None else by_path[s.param], shard_axis) for s in state_leaves
+  ]
   replicated = NamedSharding(mesh, PartitionSpec())
-  flat_shardings = [replicated if m is None else m.sharding for m in flat_moments]
+  flat_shardings = [replicated if m is None else m.sharding for m in placed]
+  paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   leaves = tuple(
     _leaf_plan(path, leaf, moment, sharding)
-    for (path, leaf), moment, sharding in zip(paths_leaves, flat_moments, flat_shardings)
+    for (path, leaf), moment, sharding in zip(paths_leaves, placed, flat_shardings)
   )
   result = ShardingPlan(mesh, shard_axis, leaves, jax.tree.unflatten(treedef, flat_shardings))
   if warn:
-    _warn_not_partitioned(result)
-  return result
+    _warn_not_partitioned(result, set(blocks))
+  return result, per_param

@@ -59,8 +59,9 @@ def zero_spec(
   if not shape:
     return spec, f'replicated along {axis!r}: a scalar'
   sharded = ' times its existing sharding' if any(axes_of(e) for e in entries) else ''
+  blocks = f' (the last counted in whole blocks of {block})' if block > 1 else ''
   return spec, (
-    f'replicated along {axis!r}: no dimension of {shape} is divisible by {size}{sharded}'
+    f'replicated along {axis!r}: no dimension of {shape} is divisible by {size}{sharded}{blocks}'
   )
 
 
