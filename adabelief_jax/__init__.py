@@ -3,15 +3,15 @@
 from adabelief_jax import compat, diagnostics, sharding
 from adabelief_jax._quantize import QuantizedMoment
 from adabelief_jax.alias import adabelief
-from adabelief_jax.diagnostics import belief_stats
-from adabelief_jax.transform import ScaleByBeliefState, ScaleByBeliefStatsState, scale_by_belief
+from adabelief_jax.diagnostics import BeliefStats, belief_stats
+from adabelief_jax.transform import BeliefState, scale_by_belief
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = [
+  'BeliefState',
+  'BeliefStats',
   'QuantizedMoment',
-  'ScaleByBeliefState',
-  'ScaleByBeliefStatsState',
   'adabelief',
   'belief_stats',
   'compat',

@@ -1,13 +1,18 @@
 """Validation shared by the transforms and their constructors.
 
-Errors name the argument and its value. Hyperparameters that are traced (inside
-``jax.jit`` or ``optax.inject_hyperparams``) or schedules cannot be checked when
-the optimizer is built; they are left to the caller.
+The limits of every numeric hyperparameter are in one table, :data:`LIMITS`,
+which serves the checks at construction (concrete values), the checks at
+every step of ``check_hyperparams=True`` (values traced through
+``optax.inject_hyperparams``) and the compat constructors (which check the
+reference packages' names against the same limits). Errors name the argument
+and its value. Traced hyperparameters and schedules cannot be checked when the
+optimizer is built; they are left to ``check_hyperparams``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -15,42 +20,81 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def check_scalar(
-  name: str, value: Any, condition: Callable[[float], bool], requirement: str
-) -> None:
-  """Raises ``ValueError`` when a concrete ``value`` is not finite or fails ``condition``.
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """The finite real numbers a hyperparameter may take: ``low`` to ``high``.
 
-  An infinite ``eps`` or learning rate would not fail a ``>= 0`` test, but
-  would silently stop training or turn it to NaN.
+  ``why`` explains an open bound that a user would not expect.
+  """
+
+  low: float
+  high: float = math.inf
+  low_open: bool = False
+  high_open: bool = True
+  why: str = ''
+
+  def __contains__(self, value: float) -> bool:
+    above = value > self.low if self.low_open else value >= self.low
+    below = value < self.high if self.high_open else value <= self.high
+    return math.isfinite(value) and above and below
+
+  def __str__(self) -> str:
+    """As the docstrings write it: ``in (0, 1)``, ``>= 0``, ``> 4``."""
+    if math.isinf(self.high):
+      return f'{">" if self.low_open else ">="} {self.low:g}'
+    left, right = '(' if self.low_open else '[', ')' if self.high_open else ']'
+    return f'in {left}{self.low:g}, {self.high:g}{right}'
+
+  def explained(self) -> str:
+    return f'{self} ({self.why})' if self.why else str(self)
+
+
+# The limits of each numeric hyperparameter, by its name in scale_by_belief and adabelief.
+LIMITS = {
+  'b1': Interval(
+    0.0,
+    1.0,
+    low_open=True,
+    why='with b1 = 0 the momentum is the gradient, the prediction error g - m is 0, s is only '
+    'eps_root and steps are about g / sqrt(eps_root)',
+  ),
+  'b2': Interval(0.0, 1.0),
+  'eps': Interval(0.0),
+  'eps_root': Interval(0.0),
+  'sma_threshold': Interval(4.0, low_open=True),
+  'learning_rate': Interval(0.0),
+  'weight_decay': Interval(0.0),
+}
+
+
+def check_scalar(name: str, value: Any, limits: Interval | None = None) -> None:
+  """Raises ``ValueError`` when a concrete ``value`` is not a finite real in ``limits``.
+
+  ``limits`` defaults to ``LIMITS[name]``. Traced values and schedules pass: they
+  are checked at run time, if at all. An infinite ``eps`` or learning rate would
+  pass a ``>= 0`` test, but would silently stop training or turn it to NaN.
   """
   if callable(value) or isinstance(value, jax.core.Tracer):
     return
+  limits = LIMITS[name] if limits is None else limits
   array = np.asarray(value)
   if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
     raise ValueError(f'{name} must be a real scalar, got {value!r}.')
-  if np.iscomplexobj(array) or not np.isfinite(array):
-    raise ValueError(f'{name} must be a finite real number, got {value!r}.')
-  if not condition(float(array)):
-    raise ValueError(f'{name} must be {requirement}, got {value!r}.')
+  if np.iscomplexobj(array) or float(array) not in limits:
+    raise ValueError(f'{name} must be a finite number {limits.explained()}; got {value!r}.')
 
 
-def check_decay(name: str, value: Any) -> None:
-  check_scalar(name, value, lambda v: 0.0 <= v < 1.0, 'in [0, 1)')
-
-
-def check_first_decay(name: str, value: Any) -> None:
-  """``b1`` in (0, 1): with ``b1 = 0``, ``m = g``, so ``s`` is only ``eps_root``."""
-  check_scalar(
-    name,
-    value,
-    lambda v: 0.0 < v < 1.0,
-    'in (0, 1): with b1 = 0 the momentum is the gradient, the prediction error '
-    'g - m is 0, s is only eps_root and steps are about g / sqrt(eps_root)',
-  )
-
-
-def check_nonnegative(name: str, value: Any) -> None:
-  check_scalar(name, value, lambda v: v >= 0.0, '>= 0')
+def raise_if_invalid(values: dict[str, Any]) -> None:
+  """Host callback of ``check_hyperparams``: the traced hyperparameters' values, checked."""
+  for name, value in values.items():
+    v = float(np.asarray(value))
+    if v not in LIMITS[name]:
+      raise ValueError(
+        f'{name} = {v!r} at this step, not a finite number {LIMITS[name].explained()}. '
+        'check_hyperparams '
+        'caught a hyperparameter that was traced (optax.inject_hyperparams or a schedule) and '
+        'so escaped the checks at construction.'
+      )
 
 
 _STATE_DTYPES = 'float32, bfloat16, float64, int8 (8-bit blocks)'
@@ -124,17 +168,6 @@ def check_inexact_leaves(tree: Any, what: str) -> None:
       )
 
 
-def check_same_shapes(where: str, update: Any, moments: tuple[Any, ...]) -> None:
-  """Raises ``ValueError`` naming the leaf if a moment's shape is not the update's."""
-  for name, moment in zip(('mu', 'nu', 'nu_max'), moments):
-    if moment is not None and tuple(moment.shape) != tuple(update.shape):
-      raise ValueError(
-        f'scale_by_belief: updates{where or "<root>"} has shape {tuple(update.shape)} but '
-        f'state.{name}{where} has shape {tuple(moment.shape)}: the state was made for other '
-        'parameters. Build it with tx.init(params) for the parameters you update.'
-      )
-
-
 def as_arrays(tree: Any) -> Any:
   """Python and NumPy numbers and arrays in ``tree`` as JAX arrays, as optax accepts them.
 
@@ -159,26 +192,4 @@ def check_mask(mask: Any, params: Any) -> None:
       raise ValueError(
         f'weight_decay_mask{jax.tree_util.keystr(path)} must be a boolean (True where weight '
         f'decay applies), got {leaf!r}.'
-      )
-
-
-def raise_if_invalid(values: dict[str, Any]) -> None:
-  """Host callback of ``check_hyperparams``: the traced hyperparameters' values, checked."""
-  limits = {
-    'b1': (0.0, 1.0, False),
-    'b2': (0.0, 1.0, True),
-    'eps': (0.0, np.inf, True),
-    'eps_root': (0.0, np.inf, True),
-    'learning_rate': (0.0, np.inf, True),
-    'weight_decay': (0.0, np.inf, True),
-  }
-  for name, value in values.items():
-    low, high, low_ok = limits[name]
-    v = float(np.asarray(value))
-    if not (np.isfinite(v) and (v >= low if low_ok else v > low) and (v < high or high == np.inf)):
-      bound = '[' if low_ok else '('
-      raise ValueError(
-        f'{name} = {v!r} at this step, outside {bound}{low}, {high}): check_hyperparams '
-        'caught a hyperparameter that was traced (optax.inject_hyperparams or a '
-        'schedule) and so escaped the checks at construction.'
       )

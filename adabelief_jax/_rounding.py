@@ -12,8 +12,7 @@ index): runs are bit-reproducible, no PRNG key is threaded through the
 optimizer state, and an array partitioned over devices (ZeRO, multi-host)
 draws the same bits as on one device, because the index is the element's
 position in the whole array. The hash is computed inside the update's fused
-loop; drawing the same bits with ``jax.random.bits`` costs 12-18x a bf16
-cast on CPU, this about 1.15x.
+loop (its cost against ``jax.random.bits``: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -84,9 +83,19 @@ def random_bits(
   return _mix(element_index(shape) * np.uint32(_GOLDEN) + key)
 
 
-def halves(bits: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The low and high 16 bits of ``bits``: one draw serves two rounded arrays."""
-  return bits & np.uint32(0xFFFF), bits >> 16
+def random_bits16(
+  shape: tuple[int, ...], seed: Any, count: jax.Array, leaf: int, streams: int
+) -> list[jax.Array]:
+  """``2 * streams`` arrays of 16 random bits per element of ``shape``.
+
+  Each 32-bit draw of :func:`random_bits` serves two rounded arrays: its low
+  and its high 16 bits, in that order, stream after stream.
+  """
+  out = []
+  for stream in range(streams):
+    bits = random_bits(shape, seed, count, leaf, stream)
+    out += [bits & np.uint32(0xFFFF), bits >> 16]
+  return out
 
 
 def uniform(bits16: jax.Array) -> jax.Array:

@@ -1,11 +1,19 @@
 """How a moment is stored: a float array of its state dtype, or 8-bit blocks.
 
-Three operations, each elementwise, so that a leaf's whole update stays one
-fused pass: :func:`zeros` makes the initial moment, :func:`load` reads it in
-the compute dtype, and :func:`store` rounds a new value to the storage and
-returns it both as stored and as the value the step goes on with (the step
-uses the rounded moment, so that it depends on the new state only and XLA
-can update the state in place).
+The one interface between the optimizer's arithmetic and its storage. A tree
+of moments is turned into one stored moment per parameter (:func:`leaves`)
+and back (:func:`tree`); a stored moment is read in the compute dtype
+(:func:`load`) and written (:func:`store`), each elementwise, so that a leaf's
+whole update stays one fused pass. :func:`store` returns the value both as
+stored and as the value to go on with: an optimizer whose step uses the
+stored value depends on the new state only, which lets XLA update the state
+in place.
+
+Storing into a narrower format than the compute dtype rounds, stochastically
+when given random bits (:func:`random_bits16`); storing 8-bit blocks also
+takes a bound of each block's largest magnitude (:func:`block_max` and
+:func:`block_bound` help to compute one). Nothing here knows which optimizer
+stores its moments so.
 """
 
 from __future__ import annotations
@@ -16,40 +24,42 @@ import jax
 import jax.numpy as jnp
 
 from adabelief_jax import _quantize, _rounding
-from adabelief_jax._hyperparams import default_state_dtype
+from adabelief_jax._quantize import POSITIVE, SIGNED, QuantizedMoment, block_max
+from adabelief_jax._quantize import zeros as quantized_zeros
+from adabelief_jax._rounding import random_bits16
 
 Moment = Any  # One parameter's stored moment: a jax.Array, or _quantize.Blocks.
 
-
-def zeros(params: Any, requested: jnp.dtype | None, kind: str, block_size: Any) -> Any:
-  """The zero moment tree of ``params`` (arrays or ShapeDtypeStructs, sharded alike).
-
-  ``requested`` int8 asks for 8-bit blocks (``kind`` 'signed' for ``m``,
-  'nonnegative' for ``s``): a :class:`_quantize.QuantizedMoment`. Otherwise
-  each leaf takes ``requested``, or by default float32 for 16-bit parameters
-  and the parameter's dtype otherwise (real for ``s``).
-  """
-  if requested == jnp.int8:
-    return _quantize.moment_zeros(params, kind, block_size)
-
-  def leaf(param: Any) -> jax.Array:
-    real = jnp.finfo(param.dtype).dtype  # s is real for complex parameters.
-    dtype = default_state_dtype(param.dtype if kind == 'signed' else real, requested)
-    return jnp.zeros_like(param, dtype)
-
-  return jax.tree.map(leaf, params)
+__all__ = [
+  'POSITIVE',
+  'SIGNED',
+  'Moment',
+  'QuantizedMoment',
+  'block_bound',
+  'block_length',
+  'block_max',
+  'describe',
+  'leaves',
+  'load',
+  'made_as',
+  'quantized_zeros',
+  'random_bits16',
+  'rounds',
+  'store',
+  'tree',
+]
 
 
 def leaves(moment: Any, treedef: Any) -> list[Moment]:
   """A moment tree's per-parameter stored moments, in ``treedef``'s order."""
-  if isinstance(moment, _quantize.QuantizedMoment):
+  if isinstance(moment, QuantizedMoment):
     return _quantize.leaves(moment, treedef)
   return list(treedef.flatten_up_to(moment))
 
 
 def tree(like: Any, treedef: Any, stored: list[Moment]) -> Any:
   """The moment tree of new per-parameter ``stored`` moments, made like ``like``."""
-  if isinstance(like, _quantize.QuantizedMoment):
+  if isinstance(like, QuantizedMoment):
     return _quantize.moment_of(like, treedef, stored)
   return jax.tree.unflatten(treedef, stored)
 
@@ -62,18 +72,19 @@ def load(moment: Moment, dtype: jnp.dtype) -> jax.Array:
 
 
 def store(
-  x: jax.Array, like: Moment, bits16: jax.Array | None, scales: jax.Array | None = None
+  x: jax.Array, like: Moment, bits16: jax.Array | None, bound: jax.Array | None
 ) -> tuple[Moment, jax.Array]:
   """``x`` rounded to the storage of ``like``: (as stored, as used, in x's dtype).
 
   ``bits16`` (16 random bits per element) rounds stochastically; ``None``
-  rounds to nearest. An 8-bit moment takes its new block ``scales`` (bounds of
-  ``|x|``, see :func:`_quantize.scale_bounds`).
+  rounds to nearest. 8-bit blocks take ``bound``, a bound of each block's
+  largest ``|x|`` (shaped like their scales), as their new scales; float
+  storage ignores it.
   """
   if isinstance(like, _quantize.Blocks):
-    if scales is None:
-      raise ValueError('storing an 8-bit moment needs its new block scales')
-    stored = _quantize.encode(x, like, scales, bits16)
+    if bound is None:
+      raise ValueError('storing 8-bit blocks needs a bound of their magnitudes')
+    stored = _quantize.encode(x, like, bound, bits16)
     return stored, _quantize.decode(stored).astype(x.dtype)
   stored_array = _rounding.round_to(x, like.dtype, bits16)
   return stored_array, stored_array.astype(x.dtype)
@@ -83,21 +94,34 @@ def rounds(moment: Moment, compute: jnp.dtype) -> bool:
   """Whether storing a ``compute``-dtype value into ``moment`` loses precision."""
   if isinstance(moment, _quantize.Blocks):
     return True
-  return bool(_rounding.is_narrower(jnp.finfo(moment.dtype).dtype, jnp.finfo(compute).dtype))
+  return _rounding.is_narrower(jnp.finfo(moment.dtype).dtype, jnp.finfo(compute).dtype)
+
+
+def block_length(moment: Moment) -> int | None:
+  """The block length of a moment in 8-bit blocks; ``None`` for a float one."""
+  return moment.block if isinstance(moment, _quantize.Blocks) else None
+
+
+def block_bound(moment: Moment, block: int) -> jax.Array:
+  """A bound of ``|values|`` over each ``block`` of the last axis: 8-bit blocks' scales, or
+  the block maxima of a float moment (the scales bound their values by construction)."""
+  if isinstance(moment, _quantize.Blocks):
+    return moment.scales
+  return block_max(jnp.abs(moment), block)
 
 
 def made_as(moment: Any, requested: jnp.dtype) -> bool:
-  """Whether ``moment`` (a tree) is what ``requested`` (not None) makes."""
+  """Whether ``moment`` (a tree) is stored as ``requested`` makes it (int8: 8-bit blocks)."""
   if requested == jnp.int8:
-    return isinstance(moment, _quantize.QuantizedMoment)
-  if isinstance(moment, _quantize.QuantizedMoment):
+    return isinstance(moment, QuantizedMoment)
+  if isinstance(moment, QuantizedMoment):
     return False
   return all(leaf.dtype == requested for leaf in jax.tree.leaves(moment))
 
 
 def describe(moment: Any) -> str:
   """What a moment tree is stored as, for error messages."""
-  if isinstance(moment, _quantize.QuantizedMoment):
+  if isinstance(moment, QuantizedMoment):
     return '8-bit blocks (int8)'
   dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(moment)})
   return ', '.join(dtypes) or 'no leaves'

@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Unpack, get_args
+from typing import Any, Literal, get_args
 
 import chex
 import jax
 import optax
 
-from adabelief_jax import _checks, diagnostics
-from adabelief_jax._hyperparams import (
-  DEFAULTS,
-  BeliefHyperparams,
-  BeliefOptions,
-  takes_belief_options,
-)
-from adabelief_jax.transform import ScaleByBeliefState, scale_by_belief_from
+from adabelief_jax import _checks
+from adabelief_jax._hyperparams import BeliefHyperparams
+from adabelief_jax.transform import scale_by_belief_from
 
 WeightDecayMode = Literal['decoupled', 'fixed', 'l2']
 WEIGHT_DECAY_MODES: tuple[str, ...] = get_args(WeightDecayMode)
 
 
-def _negated(value: Any) -> Any:
-  """``-value`` for a number, ``lambda count: -value(count)`` for a schedule."""
-  if callable(value):
-    return lambda count: -value(count)
-  return -value
+def _checked(name: str, value: optax.ScalarOrSchedule) -> Callable[[Any], Any]:
+  """``value`` (a number, a traced value or a schedule) as a schedule whose every
+  value is checked against ``_checks.LIMITS[name]`` at run time, by a host
+  callback that raises."""
+
+  def schedule(count: Any) -> Any:
+    current = value(count) if callable(value) else value
+    jax.debug.callback(_checks.raise_if_invalid, {name: current})
+    return current
+
+  return schedule
 
 
 def _decayed_weights(weight_decay: Any, mask: Any) -> optax.GradientTransformation:
@@ -45,50 +46,6 @@ def _decayed_weights(weight_decay: Any, mask: Any) -> optax.GradientTransformati
   return optax.GradientTransformation(init_fn, inner.update)
 
 
-def _checked(
-  chain: optax.GradientTransformationExtraArgs,
-  weight_decay_mode: str,
-  runtime_values: dict[str, Any] | None,
-  stats_tail: optax.GradientTransformation | None,
-) -> optax.GradientTransformationExtraArgs:
-  """``chain``, whose update first checks that the state has this mode's layout.
-
-  The 'l2' chain starts with the decay, the others with the belief state: a
-  state of the other layout is named as such, not left to fail as an
-  EmptyState where a ScaleByBeliefState was expected. With
-  ``runtime_values``, a host callback checks them at every step; with
-  ``stats_tail`` (the transformations after the belief, which track its
-  statistics), the statistics' update sizes are those of the whole step.
-  """
-  belief_at = 1 if weight_decay_mode == 'l2' else 0
-
-  def update_fn(updates: Any, state: Any, params: Any = None, **extra: Any) -> Any:
-    found = [
-      i
-      for i, s in enumerate(state if isinstance(state, tuple | list) else ())
-      if isinstance(s, ScaleByBeliefState)
-    ]
-    if found and found != [belief_at]:
-      made = "'l2'" if found == [1] else "'decoupled' or 'fixed'"
-      raise ValueError(
-        f'adabelief: weight_decay_mode={weight_decay_mode!r}, but the state was made with '
-        f'weight_decay_mode={made}. Build the state with this optimizer (tx.init(params)), '
-        'or construct the optimizer with the mode the state was made with.'
-      )
-    if runtime_values is not None:
-      jax.debug.callback(_checks.raise_if_invalid, runtime_values)
-    tail_state = tuple(state[belief_at + 1 :])
-    grads = updates
-    updates, state = chain.update(updates, state, params, **extra)
-    if stats_tail is not None:
-      belief = state[belief_at]
-      stats = diagnostics.with_final_step(belief.stats, grads, stats_tail, tail_state)
-      state = (*state[:belief_at], belief._replace(stats=stats), *state[belief_at + 1 :])
-    return updates, state
-
-  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
-
-
 def chain_with_weight_decay(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -96,53 +53,62 @@ def chain_with_weight_decay(
   weight_decay_mode: str,
   belief: optax.GradientTransformation,
   check_hyperparams: bool = False,
-  track_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """``belief`` between weight decay in ``weight_decay_mode`` and the learning rate.
 
-  The chain is ``[l2 decay] -> belief -> [decoupled decay] ->
+  The ``optax.chain`` of ``[l2 decay] -> belief -> [decoupled decay] ->
   scale_by_learning_rate -> [fixed decay]``: the building block of
   :func:`~adabelief_jax.adabelief` and of :mod:`adabelief_jax.compat`. With
-  ``check_hyperparams``, numeric (not scheduled) learning rate and weight
-  decay are checked at every step as well; with ``track_stats`` (``belief``
-  made so), the statistics measure the chain's whole step.
+  ``check_hyperparams``, the learning rate and the weight decay (numbers,
+  traced values or schedules) are checked each time they are evaluated, at
+  every step.
   """
-  _checks.check_nonnegative('learning_rate', learning_rate)
-  _checks.check_nonnegative('weight_decay', weight_decay)
+  _checks.check_scalar('learning_rate', learning_rate)
+  _checks.check_scalar('weight_decay', weight_decay)
   if weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise ValueError(
       f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}.'
     )
-  # A fixed decay is subtracted after the learning rate: p -= wd * p.
-  decay = _decayed_weights(
-    _negated(weight_decay) if weight_decay_mode == 'fixed' else weight_decay,
-    weight_decay_mask,
-  )
-  tail = [
+  if check_hyperparams:
+    learning_rate = _checked('learning_rate', learning_rate)
+    if callable(weight_decay) or isinstance(weight_decay, jax.Array):
+      weight_decay = _checked('weight_decay', weight_decay)
+  if weight_decay_mode == 'fixed':  # Subtracted after the learning rate: p -= wd * p.
+    weight_decay = (
+      (lambda count, wd=weight_decay: -wd(count)) if callable(weight_decay) else -weight_decay
+    )
+  decay = _decayed_weights(weight_decay, weight_decay_mask)
+  return optax.chain(
+    *([decay] if weight_decay_mode == 'l2' else []),
+    belief,
     *([decay] if weight_decay_mode == 'decoupled' else []),
     optax.scale_by_learning_rate(learning_rate),
     *([decay] if weight_decay_mode == 'fixed' else []),
-  ]
-  chain = optax.chain(*([decay] if weight_decay_mode == 'l2' else []), belief, *tail)
-  values = {'learning_rate': learning_rate, 'weight_decay': weight_decay}
-  numeric = {k: v for k, v in values.items() if not callable(v)}
-  runtime = numeric if check_hyperparams else None
-  stats_tail = optax.chain(*tail) if track_stats else None
-  return _checked(chain, weight_decay_mode, runtime, stats_tail)
+  )
 
 
-@takes_belief_options
 def adabelief(
   learning_rate: optax.ScalarOrSchedule,
-  b1: chex.Numeric = DEFAULTS.b1,
-  b2: chex.Numeric = DEFAULTS.b2,
-  eps: chex.Numeric = DEFAULTS.eps,
-  eps_root: chex.Numeric = DEFAULTS.eps_root,
+  b1: chex.Numeric = 0.9,
+  b2: chex.Numeric = 0.999,
+  eps: chex.Numeric = 1e-16,
+  eps_root: chex.Numeric = 1e-16,
   weight_decay: optax.ScalarOrSchedule = 0.0,
   weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
   *,
   weight_decay_mode: WeightDecayMode = 'decoupled',
-  **options: Unpack[BeliefOptions],
+  amsgrad: bool = False,
+  rectify: bool = False,
+  sma_threshold: chex.Numeric = 5.0,
+  degenerate_to_sgd: bool = True,
+  nesterov: bool = False,
+  mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
+  stochastic_rounding: bool = True,
+  rounding_seed: int = 0,
+  quantization_block_size: int = 256,
+  check_hyperparams: bool = False,
+  track_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The AdaBelief optimizer (Zhuang et al., 2020) with weight decay.
 
@@ -158,15 +124,44 @@ def adabelief(
     before the moments.
 
   Args:
-    learning_rate: :math:`\eta`, a non-negative number or an optax schedule.
-    b1: decay of the first moment, in [0, 1).
-    b2: decay of the second moment of the prediction error, in [0, 1).
-    eps: added to :math:`\sqrt{\hat s_t}`, >= 0 (1e-16 ~ Adam's 1e-8 squared).
-    eps_root: added to :math:`s_t` every step, >= 0 (the paper's epsilon).
-    weight_decay: :math:`\lambda`, a non-negative number or a schedule.
-    weight_decay_mask: booleans shaped like the params (or a function of them
-      returning those), ``True`` where decay applies, as optax's.
-    weight_decay_mode: ``"decoupled"``, ``"fixed"`` or ``"l2"``.
+    learning_rate: the learning rate :math:`\eta`, a number >= 0 or an optax
+      schedule.
+    b1: the decay of the first moment, in (0, 1).
+    b2: the decay of the second moment of the prediction error, in [0, 1).
+    eps: added to :math:`\sqrt{\hat s_t}`, >= 0 (1e-16 plays the role of
+      Adam's 1e-8).
+    eps_root: added to :math:`s_t` at every step, >= 0 (the paper's epsilon).
+    weight_decay: the weight decay :math:`\lambda`, a number >= 0 or an optax
+      schedule.
+    weight_decay_mask: booleans structured like the params (or a prefix of
+      them), or a function of the params returning them, ``True`` where the
+      decay applies, as in ``optax.add_decayed_weights``.
+    weight_decay_mode: ``"decoupled"``, ``"fixed"`` or ``"l2"``, as above.
+    amsgrad: if true, the running maximum of :math:`s` (AMSGrad).
+    rectify: if true, RAdam's variance rectification (the reference packages'
+      default; optax has none).
+    sma_threshold: the :math:`\rho_t` from which rectified steps are adaptive,
+      a number > 4.
+    degenerate_to_sgd: with ``rectify``, the steps before the threshold are
+      momentum-SGD steps if true, no steps if false.
+    nesterov: if true, Nesterov momentum.
+    mu_dtype: how :math:`m` is stored: a float dtype, or ``'int8'`` for 8-bit
+      blocks; by default float32 for 16-bit parameters and the parameter's
+      dtype otherwise.
+    nu_dtype: how :math:`s` is stored, likewise (float16 is refused).
+    stochastic_rounding: if true, stores into a narrower format round
+      stochastically (exact in expectation), else to nearest.
+    rounding_seed: the seed of the rounding bits, an integer >= 0.
+    quantization_block_size: elements per scale of 8-bit moments, along the
+      last axis.
+    check_hyperparams: if true, the hyperparameters (also the learning rate and
+      the weight decay, as numbers, traced values or schedules) are checked at
+      every step by a host callback that raises.
+    track_stats: if true, the belief statistics of every update are kept in the
+      state; read them with :func:`~adabelief_jax.belief_stats`.
+
+  :func:`adabelief_jax.scale_by_belief` says more of each option from
+  ``amsgrad`` on.
 
   Returns:
     An ``optax.chain``: ``[l2 decay] -> scale_by_belief -> [decoupled decay] ->
@@ -181,14 +176,25 @@ def adabelief(
     >>> params = optax.apply_updates(params, updates)
   """
   belief = scale_by_belief_from(
-    BeliefHyperparams(b1=b1, b2=b2, eps=eps, eps_root=eps_root, **options)
+    BeliefHyperparams(
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      amsgrad=amsgrad,
+      rectify=rectify,
+      sma_threshold=sma_threshold,
+      degenerate_to_sgd=degenerate_to_sgd,
+      nesterov=nesterov,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
+      stochastic_rounding=stochastic_rounding,
+      rounding_seed=rounding_seed,
+      quantization_block_size=quantization_block_size,
+      check_hyperparams=check_hyperparams,
+      track_stats=track_stats,
+    )
   )
   return chain_with_weight_decay(
-    learning_rate,
-    weight_decay,
-    weight_decay_mask,
-    weight_decay_mode,
-    belief,
-    options.get('check_hyperparams', False),
-    options.get('track_stats', False),
+    learning_rate, weight_decay, weight_decay_mask, weight_decay_mode, belief, check_hyperparams
   )

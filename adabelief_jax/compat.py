@@ -58,10 +58,12 @@ def adabelief_pytorch(
   if not isinstance(betas, tuple | list) or len(betas) != 2:
     raise ValueError(f'betas must be a pair (beta1, beta2), got {betas!r}.')
   b1, b2 = betas
-  _checks.check_first_decay('betas[0]', b1)
-  _checks.check_decay('betas[1]', b2)
-  _checks.check_nonnegative('eps', eps)
-  _checks.check_nonnegative('lr', lr)
+  for name, value, ours in (
+    ('betas[0]', b1, 'b1'),
+    ('betas[1]', b2, 'b2'),
+    ('lr', lr, 'learning_rate'),
+  ):
+    _checks.check_scalar(name, value, _checks.LIMITS[ours])
   mode = ('fixed' if fixed_decay else 'decoupled') if weight_decouple else 'l2'
   belief = BeliefHyperparams(
     b1=b1,
@@ -85,8 +87,7 @@ def _tf_learning_rate(
   _checks.check_scalar(
     'warmup_proportion',
     warmup_proportion,
-    lambda v: 0.0 < v <= 1.0,
-    'in (0, 1] when total_steps > 0',
+    _checks.Interval(0.0, 1.0, low_open=True, high_open=False, why='when total_steps > 0'),
   )
   warmup_steps = total_steps * warmup_proportion
   decay_steps = max(total_steps - warmup_steps, 1.0)
@@ -141,11 +142,14 @@ def adabelief_tf(
   Returns:
     An ``optax.GradientTransformation``.
   """
-  _checks.check_nonnegative('learning_rate', learning_rate)
-  _checks.check_first_decay('beta_1', beta_1)
-  _checks.check_decay('beta_2', beta_2)
-  _checks.check_nonnegative('epsilon', epsilon)
-  _checks.check_nonnegative('min_lr', min_lr)
+  for name, value, ours in (
+    ('learning_rate', learning_rate, 'learning_rate'),
+    ('beta_1', beta_1, 'b1'),
+    ('beta_2', beta_2, 'b2'),
+    ('epsilon', epsilon, 'eps'),
+    ('min_lr', min_lr, 'learning_rate'),
+  ):
+    _checks.check_scalar(name, value, _checks.LIMITS[ours])
   belief = BeliefHyperparams(
     b1=beta_1,
     b2=beta_2,

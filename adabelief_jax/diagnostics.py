@@ -1,7 +1,7 @@
 r"""Belief diagnostics: per-layer statistics that say whether ``eps`` and the learning rate fit.
 
-With ``track_stats=True``, :func:`~adabelief_jax.scale_by_belief` (and
-:func:`~adabelief_jax.adabelief`) compute, inside the update, for every
+With ``track_stats=True``, :func:`~adabelief_jax.scale_by_belief` (and so
+:func:`~adabelief_jax.adabelief`) computes, inside the update, for every
 parameter and over all of them:
 
 * ``eps_dominated``: the fraction of elements whose step is momentum SGD
@@ -16,25 +16,27 @@ parameter and over all of them:
   belief (exact: every element is counted);
 * ``sqrt_s_hat_median`` and ``sqrt_s_hat_p99``: the median and 99th
   percentile of :math:`\sqrt{\hat s_t}` (the scale ``eps`` competes with);
-* ``update_rms``, ``param_rms`` and their ratio ``update_to_param_rms``: the
-  size of a step against the size of the parameter (for ``adabelief``, the
-  whole step, learning rate and weight decay included; for
-  ``scale_by_belief`` alone, its output, before the learning rate);
+* ``param_rms``: the RMS of the parameters the update was given;
+* ``update_rms``: the RMS of the last step as it was applied, the change of
+  the parameters since the update before: learning rate, weight decay,
+  clipping and the rounding of ``optax.apply_updates`` included, whatever the
+  chain around :func:`~adabelief_jax.scale_by_belief` (0 until an update has
+  been applied, and NaN without ``params``);
+* ``update_to_param_rms``: their ratio (in :func:`~adabelief_jax.belief_stats`);
 * ``global/adaptive``, with ``rectify``: 1 on adaptive steps, 0 on the
   momentum-SGD steps before the threshold.
 
-Percentiles and root mean squares come from a strided sample of at most 1024
-elements of each parameter (the whole parameter when smaller): what a dashboard
-needs. The global statistics weight each parameter by its number of elements.
-:func:`~adabelief_jax.belief_stats` reads them from any optimizer state, as a
-flat dict ready for a logger.
+Percentiles and root mean squares come from a strided sample of at most
+about 1024 elements of each parameter (``SAMPLE``; the whole parameter
+when smaller), the same elements at every step: what a dashboard needs. The
+global statistics weight each parameter by its number of elements.
+:func:`~adabelief_jax.belief_stats` reads them from any optimizer state, as a flat dict
+ready for a logger.
 
-Cost: the exact ``eps_dominated`` reads every ``s`` once more, after the step
-has written it (one more memory stream of the step's seven), and the samples
-add a few small kernels: 1.5x the untracked step on a 42M-parameter,
-97-leaf tree on a 2-core CPU (``python -m benchmarks.step_time --modes
-adabelief adabelief_stats``; benchmarks/RESULTS.md). Off (the default), the
-state, the numbers and the step are those of an optimizer without statistics.
+Cost: the exact ``eps_dominated`` reads every ``s`` once more after the step
+has written it, and the samples add a few small kernels (the step time with
+and without them: benchmarks/RESULTS.md). Off (the default), the state, the
+numbers and the step are those of an optimizer without statistics.
 """
 
 from __future__ import annotations
@@ -47,24 +49,58 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from adabelief_jax._scalars import StepScalars
+from adabelief_jax.sharding._specs import axes_of
 
-# Elements sampled per parameter for the percentiles and root mean squares:
-# sorting the samples is a few ms a step on CPU for a hundred parameters.
+# Elements sampled per parameter for the percentiles and root mean squares.
 SAMPLE = 1024
-PER_LEAF = ('eps_dominated', 'sqrt_s_hat_median', 'sqrt_s_hat_p99', 'update_rms', 'param_rms')
-# Kept beside them, not shown: what with_final_step needs to measure a step
-# that adds a multiple of the parameter (weight decay) to this one.
-UPDATE_PARAM = 'update_param_mean'
+PER_PARAM = ('eps_dominated', 'sqrt_s_hat_median', 'sqrt_s_hat_p99', 'update_rms', 'param_rms')
+
+
+class GlobalStats(NamedTuple):
+  """The statistics over all the parameters, each a float32 scalar."""
+
+  eps_dominated: jax.Array
+  sqrt_s_hat_median: jax.Array
+  sqrt_s_hat_p99: jax.Array
+  update_rms: jax.Array
+  param_rms: jax.Array
+  adaptive: jax.Array
+
+
+class BeliefStats(NamedTuple):
+  """The belief statistics of the last update, as kept in the optimizer state.
+
+  Read them with :func:`~adabelief_jax.belief_stats`; the module docstring says what each
+  means.
+
+  Attributes:
+    eps_dominated: per parameter (a tree structured like the parameters, with
+      a float32 scalar at each parameter's place), likewise the next four.
+    sqrt_s_hat_median: per parameter.
+    sqrt_s_hat_p99: per parameter.
+    update_rms: per parameter.
+    param_rms: per parameter.
+    overall: the same over all the parameters, and ``adaptive``.
+    last_params: the sampled elements of the parameters the last update was
+      given, from which the next one measures the step applied in between.
+  """
+
+  eps_dominated: Any
+  sqrt_s_hat_median: Any
+  sqrt_s_hat_p99: Any
+  update_rms: Any
+  param_rms: Any
+  overall: GlobalStats
+  last_params: Any
 
 
 class LeafSample(NamedTuple):
-  """What one parameter's step contributes to the statistics."""
+  """What one parameter contributes to the statistics."""
 
   eps_dominated: jax.Array  # Exact fraction, a scalar.
-  sqrt_s_hat: jax.Array  # Strided sample.
-  update: jax.Array  # Strided sample of the step.
-  param: jax.Array  # The same elements of the parameter (NaN without params).
+  sqrt_s_hat: jax.Array  # Sample, float32.
+  param: jax.Array  # Sample of the parameter, float32 (NaN without params).
+  step: jax.Array  # The same elements' change since the last update, float32.
   size: int
 
 
@@ -72,98 +108,122 @@ def _divisors(n: int) -> list[int]:
   return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def strided(x: jax.Array) -> jax.Array:
-  """At most about SAMPLE elements of ``x``: every k-th index along its largest axes, flattened.
+def _strides(shape: tuple[int, ...]) -> list[int]:
+  """Each axis's stride of the sample: divisors of the axes, largest axes first."""
+  strides, factor = [1] * len(shape), -(-int(np.prod(shape)) // SAMPLE)
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    k = max(d for d in _divisors(shape[dim]) if d <= factor)
+    strides[dim], factor = k, -(-factor // k)
+  return strides
 
-  Strides divide each axis (a sharded axis: its shard), so that under
-  ``Explicit`` mesh axes the slice is shard-aligned; the small sample is then
-  replicated before it is flattened, which a sharded axis would not allow.
+
+def strided(x: jax.Array) -> jax.Array:
+  """About ``SAMPLE`` elements of ``x`` (all when fewer): every k-th index along its
+  largest axes, flattened. The elements depend on ``x``'s shape only.
+
+  An ``x`` sharded over ``Explicit`` mesh axes is sliced where each of its
+  shards holds a whole number of strides, and the small sample replicated
+  before it is flattened; where a shard does not, ``x`` is replicated first.
   An empty ``x`` has no statistics: its sample is one NaN.
   """
   if x.size == 0:
     return jnp.full((1,), jnp.nan, x.dtype)
+  strides = _strides(tuple(x.shape))
   sharding = getattr(jax.typeof(x), 'sharding', None)
   spec = list(getattr(sharding, 'spec', ()) or ()) + [None] * x.ndim
   mesh_shape = dict(getattr(getattr(sharding, 'mesh', None), 'shape', {}) or {})
-  shards = [int(np.prod([mesh_shape.get(a, 1) for a in _axes(e)])) for e in spec[: x.ndim]]
-  strides, factor = [1] * x.ndim, -(-x.size // SAMPLE)
-  for dim in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
-    k = max(d for d in _divisors(x.shape[dim] // shards[dim]) if d <= factor)
-    strides[dim], factor = k, -(-factor // k)
-  sample = x[tuple(slice(None, None, k) for k in strides)]
-  if any(shards[d] > 1 for d in range(x.ndim)) and sharding is not None:
-    sample = jax.sharding.reshard(sample, NamedSharding(sharding.mesh, PartitionSpec()))
+  shards = [int(np.prod([mesh_shape.get(a, 1) for a in axes_of(e)])) for e in spec[: x.ndim]]
+  if any(n > 1 for n in shards) and sharding is not None:
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    if any((size // n) % k for size, n, k in zip(x.shape, shards, strides)):
+      x = jax.sharding.reshard(x, replicated)
+    sample = x[tuple(slice(None, None, k) for k in strides)]
+    sample = jax.sharding.reshard(sample, replicated)
+  else:
+    sample = x[tuple(slice(None, None, k) for k in strides)]
   return sample.reshape(-1)
 
 
-def _axes(entry: Any) -> tuple[str, ...]:
-  if entry is None or entry is PartitionSpec.UNCONSTRAINED:
-    return ()
-  return tuple(entry) if isinstance(entry, tuple) else (entry,)
-
-
-def _never(x: jax.Array) -> jax.Array:
-  """False, computed from ``x``: XLA can neither fold it nor share what is
-  computed from it with another leaf, and must compute it after ``x``."""
-  return jnp.isnan(x) & ~jnp.isnan(x)
-
-
-def _count_above(x: jax.Array, bound: jax.Array, probe: jax.Array) -> jax.Array:
-  """The number of elements of ``x`` above ``bound`` (NaN if one is NaN), in
-  one vectorized pass of XLA:CPU over ``x``; ``probe`` is a scalar computed
-  from ``x`` (an element of its sample: a sharded ``x`` cannot be indexed).
-
-  XLA:CPU reduces a compare-and-convert in a scalar loop (42M elements: 76 ms,
-  more than a whole step); it fuses this clamp into its vectorized reduction
-  instead (14 ms), but only if the clamp's scalars are this leaf's own:
-  scalars shared by leaves of one shape become full arrays that every leaf
-  then reads (8 leaves of 4M elements: 35 ms against 8 ms).
-  """
-  never = _never(probe)
-  zero = jnp.where(never, 1, 0).astype(x.dtype)
-  above = jnp.ceil(jnp.maximum(x - jnp.where(never, 0, bound), zero))
-  return jnp.sum(jnp.minimum(above, 1 - zero), dtype=jnp.float32)
+def sample_like(param: Any) -> jax.Array:
+  """Zeros shaped and typed as :func:`strided`'s sample of ``param`` (an array or a struct)."""
+  struct = jax.eval_shape(strided, jax.ShapeDtypeStruct(param.shape, param.dtype))
+  return jnp.zeros(struct.shape, struct.dtype)
 
 
 def leaf_sample(
-  s_used: jax.Array,
+  s: jax.Array,
   s_sample: jax.Array,
-  u_sample: jax.Array,
+  bound: jax.Array,
+  sqrt_bias_correction: jax.Array,
   param_sample: jax.Array | None,
-  c: StepScalars,
+  last_param: jax.Array,
+  first: jax.Array,
 ) -> LeafSample:
-  """One leaf's contribution: from the whole ``s`` its step divided by, the
-  fraction of eps-dominated elements; the rest from samples (:func:`strided`)
-  of ``s``, of the step and of the parameter (``None`` without params).
+  """One parameter's contribution.
 
-  The step divides by ``sqrt(s) + eps_scaled`` with ``eps_scaled = eps *
-  sqrt(1 - b2^t)``, and ``eps_root`` has added ``eps_root (1 - b2^t) / (1 -
-  b2)`` to ``s`` by step t, so in ``s``'s own units the module's criterion
-  is ``sqrt(s) <= 2 sqrt(that) + eps_scaled``, compared squared.
+  ``s`` is the whole second moment its step divides by, and an element is
+  eps-dominated where ``sqrt(s) <= bound``; ``s_sample`` its sample, and
+  ``sqrt_bias_correction`` turns ``sqrt(s)`` into :math:`\\sqrt{\\hat s_t}`.
+  ``param_sample`` is the sample of the parameter this update was given
+  (``None`` without params), ``last_param`` the one the last update was given,
+  unused on the ``first`` update.
   """
-  floor = c.eps_root * jnp.square(c.sqrt_bias_correction2) / c.one_minus_b2
-  bound = 2 * jnp.sqrt(floor) + c.eps_scaled
-  above = _count_above(s_used, jnp.square(bound).astype(s_used.dtype), s_sample[0])
+  above = _count_above(s, jnp.square(bound).astype(s.dtype))
   # The mean's float32 rounding could carry the fraction just outside [0, 1].
-  dominated = jnp.clip(1 - above / s_used.size, 0, 1)
-  param = jnp.full(u_sample.shape, jnp.nan) if param_sample is None else param_sample
-  return LeafSample(
-    dominated,
-    (jnp.sqrt(s_sample) / c.sqrt_bias_correction2).astype(jnp.float32),
-    u_sample.astype(jnp.float32),
-    param.astype(jnp.float32),
-    s_used.size,
-  )
+  dominated = jnp.clip(1 - above / s.size, 0, 1)
+  sqrt_s_hat = (jnp.sqrt(s_sample) / sqrt_bias_correction).astype(jnp.float32)
+  if param_sample is None:
+    nan = jnp.full(sqrt_s_hat.shape, jnp.nan, jnp.float32)
+    return LeafSample(dominated, sqrt_s_hat, nan, nan, s.size)
+  wide = param_sample.astype(jnp.promote_types(param_sample.dtype, jnp.float32))
+  last = _resharded_like(last_param, wide).astype(wide.dtype)
+  step = wide - jnp.where(first, wide, last)  # NaN if the parameter is empty.
+  return LeafSample(dominated, sqrt_s_hat, param_sample, step, s.size)
+
+
+def param_sample(param: jax.Array, last_param: jax.Array) -> jax.Array:
+  """:func:`strided`'s sample of ``param``, computed once for every statistic that uses it.
+
+  A select with ``last_param`` (the sample of the last update, taken only
+  where both are NaN, so never a different value) makes XLA compute the
+  sample once and let each statistic read it, where a plain slice is
+  recomputed in each of them: every such read of the parameter then has to
+  come before the parameter's update in place, or XLA:CPU copies the
+  parameter (benchmarks/RESULTS.md).
+  """
+  sample = strided(param)
+  last = _resharded_like(last_param, sample).astype(sample.dtype)
+  return jnp.where(jnp.isnan(sample) & jnp.isnan(last), last, sample)
+
+
+def _resharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
+  """``x`` sharded as ``like`` (under ``Explicit`` mesh axes, arrays of two shardings
+  do not mix; the state may keep a sample sharded otherwise than it is computed)."""
+  sharding = getattr(jax.typeof(like), 'sharding', None)
+  if sharding is None or getattr(jax.typeof(x), 'sharding', None) == sharding:
+    return x
+  return jax.sharding.reshard(x, sharding)
+
+
+def _count_above(x: jax.Array, bound: jax.Array) -> jax.Array:
+  """The number of elements of ``x`` above ``bound``, float32; NaN if one is NaN.
+
+  Written as a sum of signs of ``max(x, bound) - bound``, which XLA:CPU fuses
+  into its reduction: a compare-and-convert, or a maximum with a constant 0,
+  it first writes to memory as an array of the size of ``x``
+  (benchmarks/RESULTS.md).
+  """
+  return jnp.sum(jnp.sign(jnp.maximum(x, bound) - bound), dtype=jnp.float32)
 
 
 class _Rows(NamedTuple):
-  """The leaves' samples as the rows of matrices, padded to one width, so that
-  each statistic is one operation for all leaves (one per leaf would be
+  """The parameters' samples as the rows of matrices, padded to one width, so that
+  each statistic is one operation for all parameters (one per parameter would be
   hundreds of small kernels a step on a large model)."""
 
   sqrt_s_hat: jax.Array  # +inf where padded: sorts last.
-  update: jax.Array  # 0 where padded.
-  param: jax.Array  # 0 where padded (NaN rows without params).
+  param_square: jax.Array  # 0 where padded (NaN rows without params).
+  step_square: jax.Array  # Likewise.
   length: np.ndarray  # Each row's sample length.
   size: np.ndarray  # Each row's number of parameter elements.
 
@@ -171,14 +231,14 @@ class _Rows(NamedTuple):
 def _rows(samples: list[LeafSample]) -> _Rows:
   width = max(s.sqrt_s_hat.size for s in samples)
 
-  def stack(field: str, fill: float) -> jax.Array:
-    rows = [getattr(s, field) for s in samples]
+  def stack(rows: list[jax.Array], fill: float) -> jax.Array:
     return jnp.stack([jnp.pad(r, (0, width - r.size), constant_values=fill) for r in rows])
 
+  square = lambda x: jnp.square((jnp.abs(x) if jnp.iscomplexobj(x) else x).astype(jnp.float32))
   return _Rows(
-    stack('sqrt_s_hat', np.inf),
-    stack('update', 0.0),
-    stack('param', 0.0),
+    stack([s.sqrt_s_hat for s in samples], np.inf),
+    stack([square(s.param) for s in samples], 0.0),
+    stack([square(s.step) for s in samples], 0.0),
     np.array([s.sqrt_s_hat.size for s in samples]),
     np.array([s.size for s in samples], np.float64),
   )
@@ -188,9 +248,9 @@ def _sort(values: jax.Array, *payload: jax.Array) -> tuple[jax.Array, ...]:
   """``values`` (non-negative floats, inf or NaN) sorted along the last axis,
   NaN last, and ``payload`` in the same order.
 
-  Sorted as their bit patterns: int32 orders non-negative floats as they are
-  ordered, and XLA:CPU sorts int32 5x faster than floats (97 x 1024: 2.6 ms
-  against 14.5 ms).
+  Sorted as their int32 bit patterns, which order non-negative floats as the
+  floats are ordered, and which XLA:CPU sorts several times faster
+  (benchmarks/RESULTS.md).
   """
   bits = jax.lax.bitcast_convert_type(values, jnp.int32)
   # One NaN (all bits but the sign set) for every NaN, negative ones included.
@@ -200,8 +260,8 @@ def _sort(values: jax.Array, *payload: jax.Array) -> tuple[jax.Array, ...]:
 
 
 def _weigh(sizes: np.ndarray) -> Callable[[jax.Array], jax.Array]:
-  """The mean of per-leaf values weighted by the leaves' numbers of elements
-  (an empty leaf's NaN left out)."""
+  """The mean of per-parameter values weighted by their numbers of elements
+  (an empty parameter's NaN left out)."""
   share = jnp.asarray(sizes / max(sizes.sum(), 1), jnp.float32)
   return lambda values: share @ jnp.where(sizes > 0, values, 0)
 
@@ -233,94 +293,48 @@ def _weighted_percentiles(rows: _Rows, qs: tuple[float, ...]) -> list[jax.Array]
   return [ordered[jnp.searchsorted(cumulative, q)] for q in qs]
 
 
-def stats_of(treedef: Any, samples: list[LeafSample], adaptive: jax.Array) -> dict[str, Any]:
-  """The state's statistics: per-parameter trees (structured like the params) and a global dict."""
+def stats_of(
+  treedef: Any, samples: list[LeafSample], last_params: Any, adaptive: jax.Array
+) -> BeliefStats:
+  """The state's statistics from every parameter's sample (``last_params``: the
+  parameter samples to keep for the next update)."""
+  adaptive = adaptive.astype(jnp.float32)
   if not samples:
     empty = zeros(jax.tree.unflatten(treedef, []))
-    return {**empty, 'global': {**empty['global'], 'adaptive': adaptive.astype(jnp.float32)}}
+    return empty._replace(overall=empty.overall._replace(adaptive=adaptive))
   rows = _rows(samples)
   mean = lambda x: jnp.sum(x, axis=1) / rows.length
-  per_leaf = {
-    'eps_dominated': jnp.stack([s.eps_dominated for s in samples]),
-    'update_rms': jnp.sqrt(mean(jnp.square(rows.update))),
-    'param_rms': jnp.sqrt(mean(jnp.square(rows.param))),
-    UPDATE_PARAM: mean(rows.update * rows.param),
-  }
-  per_leaf['sqrt_s_hat_median'], per_leaf['sqrt_s_hat_p99'] = _row_percentiles(rows, (0.5, 0.99))
+  eps_dominated = jnp.stack([s.eps_dominated for s in samples])
+  param_rms, update_rms = jnp.sqrt(mean(rows.param_square)), jnp.sqrt(mean(rows.step_square))
+  median, p99 = _row_percentiles(rows, (0.5, 0.99))
   weigh = _weigh(rows.size)
-  median, p99 = _weighted_percentiles(rows, (0.5, 0.99))
-  stats: dict[str, Any] = {k: jax.tree.unflatten(treedef, list(v)) for k, v in per_leaf.items()}
-  stats['global'] = {
-    # The shares' float32 rounding could carry a sum of fractions past 1.
-    'eps_dominated': jnp.minimum(weigh(per_leaf['eps_dominated']), 1.0),
-    'sqrt_s_hat_median': median,
-    'sqrt_s_hat_p99': p99,
-    'update_rms': jnp.sqrt(weigh(jnp.square(per_leaf['update_rms']))),
-    'param_rms': jnp.sqrt(weigh(jnp.square(per_leaf['param_rms']))),
-    'adaptive': adaptive.astype(jnp.float32),
-  }
-  return stats
-
-
-def after(stats: dict[str, Any], c: StepScalars) -> StepScalars:
-  """``c``, unchanged, but computed after ``stats`` have read the parameters.
-
-  The step that uses ``c`` then follows every read of the old parameters, and
-  XLA updates them in place; otherwise it copies every parameter first
-  (measured on XLA:CPU, 42M parameters: +60 ms on a 50 ms step).
-  """
-  read = jnp.sum(
-    jnp.stack([x for k in ('param_rms', UPDATE_PARAM) for x in jax.tree.leaves(stats[k])])
+  overall_median, overall_p99 = _weighted_percentiles(rows, (0.5, 0.99))
+  per_param = lambda values: jax.tree.unflatten(treedef, list(values))
+  return BeliefStats(
+    eps_dominated=per_param(eps_dominated),
+    sqrt_s_hat_median=per_param(median),
+    sqrt_s_hat_p99=per_param(p99),
+    update_rms=per_param(update_rms),
+    param_rms=per_param(param_rms),
+    overall=GlobalStats(
+      # The shares' float32 rounding could carry a sum of fractions past 1.
+      eps_dominated=jnp.minimum(weigh(eps_dominated), 1.0),
+      sqrt_s_hat_median=overall_median,
+      sqrt_s_hat_p99=overall_p99,
+      update_rms=jnp.sqrt(weigh(jnp.square(update_rms))),
+      param_rms=jnp.sqrt(weigh(jnp.square(param_rms))),
+      adaptive=adaptive,
+    ),
+    last_params=last_params,
   )
-  return c._replace(step_scale=jnp.where(_never(read), 0, c.step_scale))
 
 
-def zeros(params: Any) -> dict[str, Any]:
-  """The statistics before any step: zeros, with the structure they will have."""
+def zeros(params: Any) -> BeliefStats:
+  """The statistics before any update: zeros, with the structure they will have."""
   scalar = lambda _: jnp.zeros((), jnp.float32)
-  stats: dict[str, Any] = {name: jax.tree.map(scalar, params) for name in (*PER_LEAF, UPDATE_PARAM)}
-  stats['global'] = {name: jnp.zeros((), jnp.float32) for name in (*PER_LEAF, 'adaptive')}
-  return stats
-
-
-def with_final_step(
-  stats: dict[str, Any], updates: Any, tail: Any, tail_state: Any
-) -> dict[str, Any]:
-  """``stats`` with ``update_rms`` measured on the step of ``tail`` applied after them.
-
-  :func:`~adabelief_jax.adabelief` applies the learning rate and weight decay
-  after :func:`~adabelief_jax.scale_by_belief`: its step is what a user
-  compares with the parameters. ``tail`` (those transformations, with their
-  state before this step) is elementwise and linear, ``a u + b p`` per leaf;
-  its coefficients are found by applying it to ones, and the step's mean
-  square is ``a^2 E[u^2] + 2 a b E[u p] + b^2 E[p^2]`` on the statistics'
-  samples. Slicing the chain's output instead would make XLA write the whole
-  step to memory (measured on XLA:CPU: +1x the step). ``updates`` are the
-  gradients (their shapes).
-  """
-  treedef: Any = jax.tree.structure(stats['update_rms'])  # jaxlib has no stubs for it.
-  if treedef.num_leaves == 0:
-    return stats
-  shapes = [jnp.shape(x) for x in treedef.flatten_up_to(updates)]
-  # Ones of each leaf's rank, for masks that look at it.
-  ranks = [len(shape) for shape in shapes]
-  unit = lambda value: jax.tree.unflatten(
-    treedef, [jnp.full((1,) * r, value, jnp.float32) for r in ranks]
-  )
-  coefficient = lambda u, p: jnp.stack(
-    [x.reshape(()) for x in jax.tree.leaves(tail.update(unit(u), tail_state, unit(p))[0])]
-  )
-  a, b = coefficient(1, 0), coefficient(0, 1)
-  vector = lambda name: jnp.stack(jax.tree.leaves(stats[name]))
-  decay = 2 * a * b * vector(UPDATE_PARAM) + jnp.square(b * vector('param_rms'))
-  # A leaf without decay has no decay term, even without params (NaN).
-  mean_square = jnp.square(a * vector('update_rms')) + jnp.where(b == 0, 0, decay)
-  sizes = np.array([np.prod(shape) for shape in shapes], np.float64)
-  return {
-    **stats,
-    'update_rms': jax.tree.unflatten(treedef, list(jnp.sqrt(mean_square))),
-    'global': {**stats['global'], 'update_rms': jnp.sqrt(_weigh(sizes)(mean_square))},
-  }
+  per_param = {name: jax.tree.map(scalar, params) for name in PER_PARAM}
+  overall = GlobalStats(*(jnp.zeros((), jnp.float32) for _ in GlobalStats._fields))
+  return BeliefStats(**per_param, overall=overall, last_params=jax.tree.map(sample_like, params))
 
 
 def _path(path: Any) -> str:
@@ -338,18 +352,18 @@ def _path(path: Any) -> str:
   return '/'.join(parts)
 
 
-def _flat(stats: dict[str, Any], prefix: str) -> dict[str, jax.Array]:
+def _flat(stats: BeliefStats, prefix: str) -> dict[str, jax.Array]:
   """One transformation's statistics as ``{'<prefix><path>/<name>': scalar}``."""
   out = {}
-  for name in PER_LEAF:
-    for path, value in jax.tree_util.tree_flatten_with_path(stats[name])[0]:
+  for name in PER_PARAM:
+    for path, value in jax.tree_util.tree_flatten_with_path(getattr(stats, name))[0]:
       out[f'{prefix}{_path(path)}/{name}'] = value
   for key in [k for k in out if k.endswith('/update_rms')]:
     where = key[: -len('update_rms')]
     out[f'{where}update_to_param_rms'] = out[key] / out[f'{where}param_rms']
-  for name, value in stats['global'].items():
+  for name, value in stats.overall._asdict().items():
     out[f'{prefix}global/{name}'] = value
-  ratio = stats['global']['update_rms'] / stats['global']['param_rms']
+  ratio = stats.overall.update_rms / stats.overall.param_rms
   out[f'{prefix}global/update_to_param_rms'] = ratio
   return out
 
@@ -357,14 +371,14 @@ def _flat(stats: dict[str, Any], prefix: str) -> dict[str, jax.Array]:
 def belief_stats(opt_state: Any) -> dict[str, jax.Array]:
   """The belief statistics in ``opt_state``, as a flat dict of scalars for a logger.
 
-  Finds the statistics of every :func:`~adabelief_jax.scale_by_belief` made
-  with ``track_stats=True`` anywhere in the state (chains, ``masked``,
-  ``MultiSteps``, ``inject_hyperparams``, ``apply_if_finite``...). Keys are
-  ``'<parameter path>/<statistic>'`` (e.g. ``'dense/kernel/eps_dominated'``)
-  and ``'global/<statistic>'``; with several such transformations, each key
-  starts with its index (``'0/'``, ``'1/'``...). The statistics are those of
-  the last step (zeros before the first). See :mod:`adabelief_jax.diagnostics`
-  for what each means.
+  Finds the :class:`~adabelief_jax.diagnostics.BeliefStats` of every :func:`~adabelief_jax.scale_by_belief`
+  made with ``track_stats=True`` anywhere in the state (chains, ``masked``,
+  ``MultiSteps``, ``inject_hyperparams``, ``apply_if_finite``, ``nnx.Optimizer``'s
+  ``opt_state``...). Keys are ``'<parameter path>/<statistic>'`` (e.g.
+  ``'dense/kernel/eps_dominated'``) and ``'global/<statistic>'``; with several
+  such transformations, each key starts with its index (``'0/'``, ``'1/'``...).
+  The statistics are those of the last update (zeros before the first). See
+  :mod:`adabelief_jax.diagnostics` for what each means.
 
   Raises:
     ValueError: the state has no statistics.
@@ -377,9 +391,7 @@ def belief_stats(opt_state: Any) -> dict[str, jax.Array]:
     >>> float(adabelief_jax.belief_stats(state)['w/eps_dominated'])
     0.0
   """
-  from adabelief_jax.transform import ScaleByBeliefStatsState  # The transform imports this module.
-
-  is_stats = lambda x: isinstance(x, ScaleByBeliefStatsState)
+  is_stats = lambda x: isinstance(x, BeliefStats)
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_stats) if is_stats(x)]
   if not found:
     raise ValueError(
@@ -388,6 +400,6 @@ def belief_stats(opt_state: Any) -> dict[str, jax.Array]:
       'adabelief_jax.scale_by_belief(track_stats=True).'
     )
   out: dict[str, jax.Array] = {}
-  for i, state in enumerate(found):
-    out.update(_flat(state.stats, '' if len(found) == 1 else f'{i}/'))
+  for i, stats in enumerate(found):
+    out.update(_flat(stats, '' if len(found) == 1 else f'{i}/'))
   return out

@@ -8,48 +8,34 @@ the momentum by the square root of an exponential moving average of the squared
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Unpack
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from adabelief_jax import _checks, _quantize, _rounding, _storage, diagnostics
-from adabelief_jax._hyperparams import (
-  DEFAULTS,
-  BeliefHyperparams,
-  BeliefOptions,
-  takes_belief_options,
-)
+from adabelief_jax import _checks, _storage, diagnostics
+from adabelief_jax._hyperparams import BeliefHyperparams
 from adabelief_jax._scalars import StepScalars, step_scalars
 
 
-class ScaleByBeliefState(NamedTuple):
+class BeliefState(NamedTuple):
   """State of :func:`scale_by_belief`.
+
+  Its structure depends on the configuration only, never on data: the fields
+  a configuration does not use hold ``optax.EmptyState()``.
 
   Attributes:
     count: number of updates taken (int32 scalar).
-    mu: first moment ``m`` of the gradients, one leaf per parameter.
+    mu: first moment ``m`` of the gradients, one leaf per parameter (with
+      ``mu_dtype='int8'``, a :class:`~adabelief_jax.QuantizedMoment`).
     nu: moving average ``s`` of the squared prediction error ``|g - m|^2``
-      (real, also for complex parameters).
-    nu_max: running maximum of ``nu`` when ``amsgrad=True``; otherwise
-      ``optax.EmptyState()``, so that the state's structure depends on the
-      configuration only, never on data.
-  """
-
-  count: chex.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count.
-  mu: optax.Updates
-  nu: optax.Updates
-  nu_max: optax.Updates
-
-
-class ScaleByBeliefStatsState(NamedTuple):
-  """State of :func:`scale_by_belief` with ``track_stats=True``.
-
-  The fields of :class:`ScaleByBeliefState`, plus ``stats``: the last step's
-  belief statistics (see :mod:`adabelief_jax.diagnostics`; read them with
-  :func:`adabelief_jax.belief_stats`).
+      (real, also for complex parameters); likewise.
+    nu_max: running maximum of ``nu`` with ``amsgrad=True``.
+    stats: the last update's :class:`~adabelief_jax.diagnostics.BeliefStats`
+      with ``track_stats=True`` (read them with
+      :func:`~adabelief_jax.belief_stats`).
   """
 
   count: chex.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count.
@@ -59,11 +45,8 @@ class ScaleByBeliefStatsState(NamedTuple):
   stats: Any
 
 
-BeliefState = ScaleByBeliefState | ScaleByBeliefStatsState
-
-
 class _Leaf(NamedTuple):
-  """One parameter's gradient (or update) and its moments."""
+  """One parameter's gradient (or update) and its stored moments."""
 
   update: Any
   mu: Any
@@ -76,33 +59,84 @@ def _compute_dtype(leaf: _Leaf) -> jnp.dtype:
   return jnp.result_type(*(x.dtype for x in leaf if x is not None), jnp.float32)
 
 
-def _moments(leaf: _Leaf, c: StepScalars, bits: _Bits) -> _Leaf:
+def _after(x: Any, reads: list[jax.Array]) -> Any:
+  """``x``, unchanged, but computed after ``reads``.
+
+  XLA updates a donated buffer in place only if every read of its old value
+  comes before the write; reads that nothing the write uses depends on are
+  not ordered, so XLA:CPU copies the buffer first (an optimization barrier
+  does not order them there). A select on a condition that is always false,
+  but that XLA cannot fold, makes ``x`` depend on the reads: whatever uses
+  ``x`` waits for them (benchmarks/RESULTS.md measures the copy it saves).
+  """
+  total = sum(jnp.sum(r).real for r in reads)
+  never = jnp.isnan(total) & ~jnp.isnan(total)
+  return jax.tree.map(lambda v: jnp.where(never, jnp.zeros_like(v), v), x)
+
+
+class _Bounds(NamedTuple):
+  """Bounds of the block maxima of a leaf's new moments, for those stored in 8-bit blocks."""
+
+  mu: jax.Array | None = None
+  nu: jax.Array | None = None
+  nu_max: jax.Array | None = None
+
+
+def _bounds(g: jax.Array, leaf: _Leaf, c: StepScalars) -> tuple[_Bounds, Any]:
+  """The bounds 8-bit storage takes as block scales, and the old ``m`` to go on with.
+
+  From the gradient's block maxima ``G`` and bounds ``M``, ``S`` of the old
+  moments' (a stored 8-bit moment never exceeds its scales; a float one is
+  measured): ``|m_t| <= b1 M + (1 - b1) G =: M'``, and since ``|g - m_t| <= G
+  + M'``, ``s_t <= b2 S + (1 - b2) (G + M')^2 + eps_root``. No reduction over
+  the new moments is needed. A float ``m`` measured so is read before it is
+  updated in place: the ``m`` returned is ordered after that read.
+  """
+  _, m, s, s_max = leaf
+  block = next((b for b in map(_storage.block_length, (m, s, s_max)) if b is not None), None)
+  if block is None:
+    return _Bounds(), m
+  g_max = _storage.block_max(jnp.abs(g), block)
+  m_old = _storage.block_bound(m, block)
+  m_in_blocks = _storage.block_length(m) is not None
+  if not m_in_blocks:
+    m = _after(m, [m_old])
+  m_bound = jnp.asarray(c.b1 * m_old + c.one_minus_b1 * g_max)
+  if _storage.block_length(s) is None:
+    return _Bounds(mu=m_bound if m_in_blocks else None), m
+  s_old = _storage.block_bound(s, block)
+  s_bound = jnp.asarray(c.b2 * s_old + (c.one_minus_b2 * jnp.square(g_max + m_bound) + c.eps_root))
+  s_max_bound = None if s_max is None else jnp.maximum(_storage.block_bound(s_max, block), s_bound)
+  return _Bounds(m_bound if m_in_blocks else None, s_bound, s_max_bound), m
+
+
+def _moments(leaf: _Leaf, c: StepScalars, bits: list[jax.Array | None]) -> _Leaf:
   """One leaf's new moments, as stored: ``m_t``, ``s_t`` (and the AMSGrad maximum).
 
   ``c`` is in the leaf's real compute dtype. Each moment is rounded to its
-  storage as soon as it is computed (stochastically when ``bits`` are given)
-  and the next one, and the step, use the rounded values: the step then
-  depends on the new state only, not on float32 intermediates, so XLA updates
-  the state in place instead of keeping a copy of the old one alive (measured:
-  3x faster, no temporary buffer). The returned leaf's ``update`` is the
-  gradient in the compute dtype.
+  storage as soon as it is computed (stochastically with ``bits``) and the
+  next one, and the step, use the rounded values: the step then depends on
+  the new state only, not on float32 intermediates, so XLA updates the state
+  in place instead of keeping a copy of the old one alive. The returned
+  leaf's ``update`` is the gradient in the compute dtype.
   """
-  g, m, s, s_max = leaf
   dtype = _compute_dtype(leaf)
   real = jnp.finfo(dtype).dtype
-  g = g.astype(dtype)
-  scales = _quantize.scale_bounds(g, m, s, s_max, c)
-  m_sum = c.b1 * _storage.load(m, dtype) + c.one_minus_b1 * g
-  m_new, m_used = _storage.store(m_sum, m, bits.mu, scales.mu)
-  d = g - m_used
+  g = leaf.update.astype(dtype)
+  bound, m = _bounds(g, leaf, c)
+  m_new, m_t = _storage.store(
+    c.b1 * _storage.load(m, dtype) + c.one_minus_b1 * g, leaf.mu, bits[0], bound.mu
+  )
+  d = g - m_t
   d2 = d.real * d.real + d.imag * d.imag if jnp.iscomplexobj(d) else d * d
-  # This association of the s update measured 2.7-3x faster on XLA:CPU than
-  # the others tried: it lets s be updated in place without a copy.
-  s_sum = c.b2 * _storage.load(s, real) + (c.one_minus_b2 * d2 + c.eps_root)
-  s_new, s_used = _storage.store(s_sum, s, bits.nu, scales.nu)
+  # This association lets XLA update s in place, where the others keep a copy
+  # of the old s (benchmarks/RESULTS.md).
+  s_sum = c.b2 * _storage.load(leaf.nu, real) + (c.one_minus_b2 * d2 + c.eps_root)
+  s_new, s_t = _storage.store(s_sum, leaf.nu, bits[1], bound.nu)
+  s_max = leaf.nu_max
   if s_max is not None:
-    s_max_sum = jnp.maximum(_storage.load(s_max, real), s_used)
-    s_max, _ = _storage.store(s_max_sum, s_max, bits.nu_max, scales.nu_max)
+    s_max_sum = jnp.maximum(_storage.load(s_max, real), s_t)
+    s_max, _ = _storage.store(s_max_sum, s_max, bits[2], bound.nu_max)
   return _Leaf(g, m_new, s_new, s_max)
 
 
@@ -127,30 +161,22 @@ def _direction(
   return jnp.asarray(u)
 
 
-class _Bits(NamedTuple):
-  """16 random bits per element for each stochastically rounded moment, or None."""
+def _leaf_bits(
+  leaf: _Leaf, index: int, count: jax.Array, hp: BeliefHyperparams
+) -> list[jax.Array | None]:
+  """The 16 rounding bits per element of each moment of leaf number ``index``, or None.
 
-  mu: jax.Array | None = None
-  nu: jax.Array | None = None
-  nu_max: jax.Array | None = None
-
-
-def _leaf_bits(leaf: _Leaf, index: int, count: jax.Array, hp: BeliefHyperparams) -> _Bits:
-  """The rounding bits of leaf number ``index`` at step ``count``.
-
-  One 32-bit draw per element serves ``m`` and ``s``; a second one ``nu_max``
-  (only 8-bit AMSGrad state rounds it: the maximum of two floats is exact).
+  One 32-bit draw serves ``m`` and ``s``; a second one ``nu_max``, in 8-bit
+  blocks only: the maximum of two stored floats is stored exactly.
   """
   compute = _compute_dtype(leaf)
-  wanted = [x is not None and _storage.rounds(x, compute) for x in leaf[1:]]
-  if not hp.stochastic_rounding or not any(wanted):
-    return _Bits()
-  shape = leaf.update.shape
-  mu, nu = _rounding.halves(_rounding.random_bits(shape, hp.rounding_seed, count, index, 0))
-  nu_max = None
-  if wanted[2] and isinstance(leaf.nu_max, _quantize.Blocks):
-    nu_max = _rounding.halves(_rounding.random_bits(shape, hp.rounding_seed, count, index, 1))[0]
-  return _Bits(mu if wanted[0] else None, nu if wanted[1] else None, nu_max)
+  rounded = [x is not None and _storage.rounds(x, compute) for x in leaf[1:]]
+  if not hp.stochastic_rounding or not any(rounded):
+    return [None] * 3
+  rounded[2] = rounded[2] and _storage.block_length(leaf.nu_max) is not None
+  streams = 2 if rounded[2] else 1
+  bits = _storage.random_bits16(leaf.update.shape, hp.rounding_seed, count, index, streams)
+  return [b if r else None for b, r in zip([*bits, None], rounded)]
 
 
 _REBUILD = (
@@ -160,29 +186,33 @@ _REBUILD = (
 )
 
 
-def _belief_state(state: optax.OptState, hp: BeliefHyperparams) -> BeliefState:
+def _check_state(state: optax.OptState, hp: BeliefHyperparams) -> BeliefState:
   """``state``, after checking that this configuration's init made it.
 
   A state of another configuration would fail deep in the update (or, with
   another float dtype, silently keep its own), so the option that differs is
   named instead.
   """
-  if not isinstance(state, ScaleByBeliefState | ScaleByBeliefStatsState):
+  if not isinstance(state, BeliefState):
+    hint = (
+      " Inside adabelief this is a state made with another weight_decay_mode: 'l2' puts the "
+      "weight decay's EmptyState before scale_by_belief's state, 'decoupled' and 'fixed' after."
+      if isinstance(state, optax.EmptyState)
+      else ' A checkpoint restored without a target gives dicts and lists.'
+    )
+    package = type(state).__module__.split('.')[0]
+    got = type(state).__name__ if package == 'builtins' else f'{package}.{type(state).__name__}'
     raise TypeError(
-      f'scale_by_belief: the state must be the ScaleByBeliefState its init made, got '
-      f'{type(state).__name__} (a checkpoint restored without a target gives dicts). {_REBUILD}'
+      'scale_by_belief: the state must be the adabelief_jax.BeliefState its init made, got '
+      f'{got}.{hint} {_REBUILD}'
     )
-  if isinstance(state, ScaleByBeliefStatsState) != hp.track_stats:
-    made = 'with' if isinstance(state, ScaleByBeliefStatsState) else 'without'
-    raise ValueError(
-      f'scale_by_belief: track_stats={hp.track_stats}, but the state was made {made} '
-      f'statistics. {_REBUILD}'
-    )
-  if isinstance(state.nu_max, optax.EmptyState) == hp.amsgrad:
-    made = 'without' if hp.amsgrad else 'with'
-    raise ValueError(
-      f'scale_by_belief: amsgrad={hp.amsgrad}, but the state was made {made} amsgrad. {_REBUILD}'
-    )
+  for name, made in (('amsgrad', state.nu_max), ('track_stats', state.stats)):
+    if isinstance(made, optax.EmptyState) == getattr(hp, name):
+      word = 'without' if getattr(hp, name) else 'with'
+      raise ValueError(
+        f'scale_by_belief: {name}={getattr(hp, name)}, but the state was made {word} {name}. '
+        f'{_REBUILD}'
+      )
   for name, moment in (('mu_dtype', state.mu), ('nu_dtype', state.nu)):
     requested = getattr(hp, name)
     if requested is not None and not _storage.made_as(moment, requested):
@@ -216,8 +246,14 @@ def _leaves(updates: optax.Updates, state: BeliefState, amsgrad: bool) -> list[_
     columns.append([None] * len(paths))
   leaves = [_Leaf(g, *moment) for (_, g), *moment in zip(paths, *columns)]
   for (path, _), leaf in zip(paths, leaves):
-    where = jax.tree_util.keystr(path)
-    _checks.check_same_shapes(where, leaf.update, leaf[1:])
+    where = jax.tree_util.keystr(path) or '<root>'
+    for name, moment in zip(('mu', 'nu', 'nu_max'), leaf[1:]):
+      if moment is not None and tuple(moment.shape) != tuple(leaf.update.shape):
+        raise ValueError(
+          f'scale_by_belief: updates{where} has shape {tuple(leaf.update.shape)} but '
+          f'state.{name}{where} has shape {tuple(moment.shape)}: the state was made for other '
+          'parameters. Build it with tx.init(params) for the parameters you update.'
+        )
     if jnp.iscomplexobj(leaf.update) and not jnp.issubdtype(leaf.mu.dtype, jnp.complexfloating):
       raise TypeError(
         f'scale_by_belief: updates{where} is complex ({leaf.update.dtype}) but its parameter '
@@ -227,24 +263,53 @@ def _leaves(updates: optax.Updates, state: BeliefState, amsgrad: bool) -> list[_
   return leaves
 
 
-def _sample(
-  stored: _Leaf, param: Any, c: StepScalars, hp: BeliefHyperparams
-) -> diagnostics.LeafSample:
-  """One leaf's contribution to the statistics.
+def _statistics(
+  stored: list[_Leaf],
+  casts: list[StepScalars],
+  params: list[Any],
+  last: diagnostics.BeliefStats,
+  count: jax.Array,
+  adaptive: jax.Array,
+  treedef: Any,
+) -> diagnostics.BeliefStats:
+  """The statistics of this update: of the ``s`` each step divides by, and of the parameters.
 
-  The step's sample is computed again from the sampled moments, never sliced
-  from the step itself, which would make XLA write the whole step to memory
-  for it instead of fusing it into the parameter update.
+  An element is eps-dominated where the epsilons make up half of its step's
+  denominator: the step divides by ``sqrt(s) + eps_scaled``, and ``eps_root``
+  has added ``eps_root (1 - b2^t) / (1 - b2)`` to ``s`` by step t, so in ``s``'s
+  own units the bound is ``2 sqrt(that) + eps_scaled``.
   """
-  used = _used(stored)
-  g, m, s = (diagnostics.strided(x) for x in used)
-  param_sample = None if param is None else diagnostics.strided(jnp.asarray(param))
-  return diagnostics.leaf_sample(used[2], s, _direction(g, m, s, c, hp), param_sample, c)
+  samples, kept = [], []
+  for x, c, param, last_param in zip(
+    stored, casts, params, treedef.flatten_up_to(last.last_params)
+  ):
+    s = _used(x)[2]
+    floor = c.eps_root * jnp.square(c.sqrt_bias_correction2) / c.one_minus_b2
+    bound = jnp.asarray(2 * jnp.sqrt(floor) + c.eps_scaled)
+    param_sample = None if param is None else diagnostics.param_sample(param, last_param)
+    samples.append(
+      diagnostics.leaf_sample(
+        s,
+        diagnostics.strided(s),
+        bound,
+        jnp.asarray(c.sqrt_bias_correction2),
+        param_sample,
+        last_param,
+        first=count == 1,
+      )
+    )
+    kept.append(last_param if param_sample is None else param_sample)
+  return diagnostics.stats_of(treedef, samples, jax.tree.unflatten(treedef, kept), adaptive)
 
 
 def _update_leaves(
-  leaves: list[_Leaf], count: jax.Array, hp: BeliefHyperparams, params: list[Any], treedef: Any
-) -> tuple[list[_Leaf], dict[str, Any] | None]:
+  leaves: list[_Leaf],
+  count: jax.Array,
+  hp: BeliefHyperparams,
+  params: Any,
+  last: Any,
+  treedef: Any,
+) -> tuple[list[_Leaf], Any]:
   """Every leaf's new moments and step (the step's scalars cast once per
   compute dtype), and with ``track_stats`` the statistics, measured between
   the two."""
@@ -257,67 +322,115 @@ def _update_leaves(
       casts[real] = scalars.cast(real)
     stored.append(_moments(leaf, casts[real], _leaf_bits(leaf, index, count, hp)))
     per_leaf.append(casts[real])
-  stats = None
+  stats: Any = optax.EmptyState()
   if hp.track_stats:
-    samples = [_sample(*args, hp) for args in zip(stored, params, per_leaf)]
-    stats = diagnostics.stats_of(treedef, samples, jnp.asarray(scalars.adaptive))
-    per_leaf = [diagnostics.after(stats, c) for c in per_leaf]
+    params_leaves = [None] * len(leaves) if params is None else treedef.flatten_up_to(params)
+    adaptive = jnp.asarray(scalars.adaptive)
+    stats = _statistics(stored, per_leaf, params_leaves, last, count, adaptive, treedef)
+    # The parameters are read for the statistics before the step updates them in place.
+    reads = [stats.param_rms, stats.update_rms, stats.last_params]
+    reads = [x for tree in reads for x in jax.tree.leaves(tree)]
+    per_leaf = [c._replace(step_scale=_after(c.step_scale, reads)) for c in per_leaf]
   new = [x._replace(update=_direction(*_used(x), c, hp)) for x, c in zip(stored, per_leaf)]
   return new, stats
 
 
+def _zeros(params: Any, requested: jnp.dtype | None, fmt: Any, block_size: Any) -> Any:
+  """The zero moment tree of ``params`` as ``requested`` (int8: 8-bit blocks of ``fmt``).
+
+  A float moment takes ``requested``, or by default float32 for 16-bit
+  parameters (an ``s`` of 1e-16 is zero in float16) and the parameter's dtype
+  otherwise, real for ``s``.
+  """
+  if requested == jnp.int8:
+    return _storage.quantized_zeros(params, fmt, block_size)
+
+  def leaf(param: Any) -> jax.Array:
+    dtype = jnp.dtype(param.dtype if fmt is _storage.SIGNED else jnp.finfo(param.dtype).dtype)
+    if requested is not None:
+      dtype = requested
+    elif jnp.finfo(dtype).bits < 32:
+      dtype = jnp.dtype(jnp.float32)
+    return jnp.zeros_like(param, dtype)
+
+  return jax.tree.map(leaf, params)
+
+
+def _check_params(params: Any, hp: BeliefHyperparams) -> None:
+  """Raises if a parameter cannot be optimized with these state dtypes, naming it."""
+  _checks.check_inexact_leaves(params, 'params')
+  for path, param in jax.tree_util.tree_flatten_with_path(params)[0]:
+    complex_param = jnp.issubdtype(param.dtype, jnp.complexfloating)
+    complex_mu = hp.mu_dtype is not None and jnp.issubdtype(hp.mu_dtype, jnp.complexfloating)
+    where = jax.tree_util.keystr(path) or '<root>'
+    if complex_param and hp.mu_dtype == jnp.int8:
+      raise ValueError(
+        f'mu_dtype=int8 stores real moments, but params{where} is complex ({param.dtype}): '
+        'complex parameters need a float mu_dtype.'
+      )
+    if complex_mu and not complex_param:
+      raise ValueError(
+        f'mu_dtype={hp.mu_dtype} is complex, but params{where} is real ({param.dtype}): the '
+        'first moment of a real parameter is real, and a complex one would double its memory '
+        'for zeros. Use a real mu_dtype (or None: the parameter dtype).'
+      )
+
+
 def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
-  """:func:`scale_by_belief` configured by a :class:`BeliefHyperparams` record."""
+  """:func:`scale_by_belief` configured by a validated :class:`BeliefHyperparams` record."""
 
   def init_fn(params: optax.Params) -> BeliefState:
     params = _checks.as_arrays(params)
-    _checks.check_inexact_leaves(params, 'params')
+    _check_params(params, hp)
     block = hp.quantization_block_size
-    nu_zeros = lambda: _storage.zeros(params, hp.nu_dtype, 'nonnegative', block)
-    state = ScaleByBeliefState(
+    nu_zeros = lambda: _zeros(params, hp.nu_dtype, _storage.POSITIVE, block)
+    return BeliefState(
       count=jnp.zeros([], jnp.int32),
-      mu=_storage.zeros(params, hp.mu_dtype, 'signed', block),
+      mu=_zeros(params, hp.mu_dtype, _storage.SIGNED, block),
       nu=nu_zeros(),
       nu_max=nu_zeros() if hp.amsgrad else optax.EmptyState(),
+      stats=diagnostics.zeros(params) if hp.track_stats else optax.EmptyState(),
     )
-    return ScaleByBeliefStatsState(*state, diagnostics.zeros(params)) if hp.track_stats else state
 
   def update_fn(
     updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, BeliefState]:
-    state = _belief_state(state, hp)
+    state = _check_state(state, hp)
     if hp.check_hyperparams:
       jax.debug.callback(_checks.raise_if_invalid, hp.numeric())
     leaves = _leaves(updates, state, hp.amsgrad)
     treedef: Any = jax.tree.structure(updates)  # jaxlib has no stubs for PyTreeDef.
-    params_leaves = (
-      treedef.flatten_up_to(params)
-      if hp.track_stats and params is not None
-      else [None] * len(leaves)
-    )
     count = jnp.asarray(optax.safe_increment(state.count))
-    new, stats = _update_leaves(leaves, count, hp, params_leaves, treedef)
+    new, stats = _update_leaves(leaves, count, hp, params, state.stats, treedef)
 
     def moment(field: str) -> Any:
       return _storage.tree(getattr(state, field), treedef, [getattr(n, field) for n in new])
 
     u = jax.tree.unflatten(treedef, [n.update.astype(x.update.dtype) for n, x in zip(new, leaves)])
     nu_max = moment('nu_max') if hp.amsgrad else state.nu_max
-    new_state = ScaleByBeliefState(count, moment('mu'), moment('nu'), nu_max)
-    if hp.track_stats:
-      return u, ScaleByBeliefStatsState(*new_state, stats)
-    return u, new_state
+    return u, BeliefState(count, moment('mu'), moment('nu'), nu_max, stats)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-@takes_belief_options
 def scale_by_belief(
-  b1: chex.Numeric = DEFAULTS.b1,
-  b2: chex.Numeric = DEFAULTS.b2,
-  eps: chex.Numeric = DEFAULTS.eps,
-  eps_root: chex.Numeric = DEFAULTS.eps_root,
-  **options: Unpack[BeliefOptions],
+  b1: chex.Numeric = 0.9,
+  b2: chex.Numeric = 0.999,
+  eps: chex.Numeric = 1e-16,
+  eps_root: chex.Numeric = 1e-16,
+  *,
+  amsgrad: bool = False,
+  rectify: bool = False,
+  sma_threshold: chex.Numeric = 5.0,
+  degenerate_to_sgd: bool = True,
+  nesterov: bool = False,
+  mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
+  stochastic_rounding: bool = True,
+  rounding_seed: int = 0,
+  quantization_block_size: int = 256,
+  check_hyperparams: bool = False,
+  track_stats: bool = False,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the AdaBelief rule (Zhuang et al., 2020).
 
@@ -331,8 +444,7 @@ def scale_by_belief(
     u_t &= \hat m_t / (\sqrt{\hat s_t} + \epsilon)
 
   The output is :math:`u_t`; chain with ``optax.scale_by_learning_rate`` (which
-  negates) to obtain the step :math:`-\eta u_t`. The keyword options add
-  AMSGrad, rectification and Nesterov momentum.
+  negates) to obtain the step :math:`-\eta u_t`.
 
   Unlike Adam's, AdaBelief's ``eps`` values are compared with a square root of
   ``s``: ``eps_root`` (the paper's :math:`\epsilon`, added to ``s`` every step)
@@ -342,22 +454,64 @@ def scale_by_belief(
   updates come back in the gradients' dtype. Complex leaves use
   :math:`|g - m|^2 = (g - m) \overline{(g - m)}` and a real ``s``.
 
-  Low-memory state: with a state dtype narrower than the compute dtype, the
-  step uses :math:`m_t` and :math:`s_t` as stored (rounded), which also lets
-  XLA update the state in place. 8-bit moments are codes of a small float
-  format relative to one float32 scale per block (see ``mu_dtype`` and
-  ``quantization_block_size``): 3 mantissa bits for :math:`m`, 2 for
-  :math:`s` over 63 powers of two, a positive :math:`s` never stored as zero.
-
   Args:
-    b1: decay of the first moment, in [0, 1).
-    b2: decay of the second moment of the prediction error, in [0, 1).
-    eps: added to :math:`\sqrt{\hat s_t}`, >= 0.
-    eps_root: added to :math:`s_t` every step, >= 0; must be positive to
-      differentiate through the update (meta-learning).
+    b1: the decay of the first moment :math:`m`, in (0, 1). Zero is refused:
+      the momentum would be the gradient itself, the prediction error
+      :math:`g - m` always 0 and :math:`s` only ``eps_root``.
+    b2: the decay of :math:`s`, the moving average of the squared prediction
+      error, in [0, 1).
+    eps: added to :math:`\sqrt{\hat s_t}` in the denominator, >= 0.
+    eps_root: added to :math:`s_t` at every step, >= 0 (the paper's
+      :math:`\epsilon`). It must be positive to differentiate through the
+      update (meta-learning), where :math:`\sqrt{s}` at 0 has no derivative.
+    amsgrad: if true, :math:`\hat s_t` is computed from the running maximum
+      :math:`\max_{k \le t} s_k` (AMSGrad), kept in the state as ``nu_max``.
+    rectify: if true, RAdam's variance rectification, as in adabelief-pytorch:
+      with :math:`\rho_\infty = 2/(1-b_2) - 1` and :math:`\rho_t = \rho_\infty
+      - 2 t b_2^t / (1 - b_2^t)`, steps with :math:`\rho_t \ge` ``sma_threshold``
+      are multiplied by :math:`r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)
+      \rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}`, and earlier steps
+      follow ``degenerate_to_sgd``.
+    sma_threshold: the :math:`\rho_t` from which rectified steps are adaptive,
+      a number > 4.
+    degenerate_to_sgd: with ``rectify``, the steps before the threshold are
+      momentum-SGD steps, :math:`u_t = \hat m_t`, if true, and no steps if false.
+    nesterov: if true, Nesterov momentum, :math:`\hat m_t = b_1 m_t / (1 -
+      b_1^{t+1}) + (1 - b_1) g_t / (1 - b_1^t)`, as
+      ``optax.scale_by_belief(nesterov=True)``.
+    mu_dtype: how :math:`m` is stored: a float dtype (``'bfloat16'``,
+      ``jnp.float32``...), or ``'int8'`` for 8-bit codes with one float32 scale
+      per block (3 mantissa bits relative to the block's scale). By default,
+      float32 for 16-bit parameters and the parameter's dtype otherwise.
+    nu_dtype: how :math:`s` (and its AMSGrad maximum) is stored, likewise, real;
+      in 8 bits, 2 mantissa bits over 63 powers of two, a positive :math:`s`
+      never stored as zero. float16 is refused: an :math:`s` of 1e-16 is zero
+      in float16, and the step :math:`m / \sqrt{s}` then blows up.
+    stochastic_rounding: if true, every store into a narrower format than the
+      compute dtype (bfloat16, float16, 8-bit codes) rounds stochastically,
+      exact in expectation, with bits hashed from (``rounding_seed``, step,
+      leaf, element index): no key in the state, bit-reproducible runs, the
+      same bits whatever the sharding. If false, stores round to nearest, with
+      which a bfloat16 :math:`s` stops decaying (``0.999 * s`` rounds back to
+      ``s``). The step uses the moments as stored.
+    rounding_seed: the seed of the rounding bits, an integer >= 0.
+    quantization_block_size: the number of elements per scale along the last
+      axis of 8-bit moments; blocks never span rows, so a leaf sharded on its
+      other axes keeps whole blocks. Leaves of fewer than 4096 elements stay
+      float32. With ``optax.inject_hyperparams``, list it in ``static_args``.
+    check_hyperparams: if true, ``b1``, ``b2``, ``eps`` and ``eps_root`` (and
+      ``sma_threshold`` with ``rectify``) are checked at every step by a host
+      callback that raises: for values traced through
+      ``optax.inject_hyperparams``, which construction cannot check.
+    track_stats: if true, the belief statistics of every update are kept in the
+      state (the share of eps-dominated elements, percentiles of
+      :math:`\sqrt{\hat s_t}`, the RMS of the step and of the parameters: see
+      :mod:`adabelief_jax.diagnostics`); read them with
+      :func:`~adabelief_jax.belief_stats`. It costs step time and a small sample
+      of each parameter in the state.
 
   Returns:
-    An ``optax.GradientTransformation`` with state :class:`ScaleByBeliefState`.
+    An ``optax.GradientTransformation`` whose state is a :class:`BeliefState`.
 
   References:
     Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in
@@ -366,5 +520,22 @@ def scale_by_belief(
     <https://arxiv.org/abs/1908.03265>`_, ICLR 2020 (rectification).
   """
   return scale_by_belief_from(
-    BeliefHyperparams(b1=b1, b2=b2, eps=eps, eps_root=eps_root, **options)
+    BeliefHyperparams(
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      amsgrad=amsgrad,
+      rectify=rectify,
+      sma_threshold=sma_threshold,
+      degenerate_to_sgd=degenerate_to_sgd,
+      nesterov=nesterov,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
+      stochastic_rounding=stochastic_rounding,
+      rounding_seed=rounding_seed,
+      quantization_block_size=quantization_block_size,
+      check_hyperparams=check_hyperparams,
+      track_stats=track_stats,
+    )
   )

@@ -42,7 +42,6 @@ exclude_patterns = ['_build', '_ext', 'Thumbs.db', '.DS_Store']
 # -- autodoc / napoleon (Google-style docstrings) -----------------------------
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'signature'
-autodoc_preserve_defaults = False  # show default values (0.9), not `DEFAULTS.b1`
 # Show these annotations as written in the source, not expanded into their
 # definitions (`chex.Numeric` would otherwise read `Array | ndarray | bool | ...`).
 autodoc_type_aliases = {
@@ -62,7 +61,7 @@ autodoc_type_aliases = {
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_include_init_with_doc = False
-# `Attributes:` as `.. attribute::` entries (linkable, e.g. ScaleByBeliefState.mu).
+# `Attributes:` as `.. attribute::` entries (linkable, e.g. BeliefState.mu).
 napoleon_use_ivar = False
 napoleon_use_rtype = False
 

@@ -228,9 +228,14 @@ def batch_order(windows: int, batch: int, steps: int, rng: np.random.Generator) 
 
 
 def state_bytes_per_param(optimizer: nnx.Optimizer, model: GPT) -> float:
-  """Bytes of the optimizer state's arrays (8-bit codes and scales too) per parameter."""
+  """Bytes of the optimizer state's arrays (8-bit codes and scales too) per parameter.
+
+  The belief statistics kept for the progress bar are left out: they are not
+  the optimizer's, and this model's small leaves are sampled whole.
+  """
   params = jax.tree.leaves(nnx.state(model, nnx.Param))
-  state = jax.tree.leaves(optimizer.opt_state)
+  is_stats = lambda x: isinstance(x, adabelief_jax.diagnostics.BeliefStats)
+  state = [x for x in jax.tree.leaves(optimizer.opt_state, is_leaf=is_stats) if not is_stats(x)]
   return sum(x.size * x.dtype.itemsize for x in state) / sum(p.size for p in params)
 
 

@@ -181,7 +181,7 @@ def test_stochastic_rounding_is_unbiased(dtype, value):
   """The mean of a million roundings is the value, to within 5 standard errors."""
   n = 1_000_000
   x = jnp.full((n,), value, jnp.float32)
-  bits, _ = _rounding.halves(_rounding.random_bits((n,), 0, jnp.int32(3), 0, 0))
+  bits = _rounding.random_bits16((n,), 0, jnp.int32(3), 0, 1)[0]
   y = np.asarray(_rounding.round_to(x, jnp.dtype(dtype), bits), np.float64)
   low, high = np.min(y), np.max(y)
   assert set(np.unique(y)) == {low, high}, 'two neighbours, and only them'
@@ -541,3 +541,35 @@ def test_flax_nnx_optimizer_with_cached_partial(storage):
     updates, state = jax.jit(tx.update)(grads, state, plain)
     plain = optax.apply_updates(plain, updates)
   chex.assert_trees_all_close(nnx.split(model)[1], plain, rtol=1e-6, atol=1e-7)
+
+
+# --- memory of the donated step -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+  'shape',
+  [(64, 256), (64, 512), (8, 5000), (30000,), (4, 16, 300)],
+  ids=['rows-of-1-block', 'rows-of-2-blocks', 'many-blocks-ragged', '1d', '3d'],
+)
+@pytest.mark.parametrize(
+  'storage',
+  [INT8 | {'quantization_block_size': 256}, dict(mu_dtype='int8'), dict(nu_dtype='int8')],
+  ids=['int8', 'int8-mu', 'int8-nu'],
+)
+def test_8bit_state_is_updated_in_place(storage, shape):
+  """The donated step (update and apply_updates) writes the new codes over the
+  old ones and reads them back: no temporary buffer of a size proportional to
+  the parameter, on XLA:CPU's memory analysis (a copy of the old codes alone
+  would be a quarter of the parameter's bytes)."""
+  for amsgrad in (False, True):
+    tx = adabelief_jax.adabelief(1e-3, amsgrad=amsgrad, **storage)
+    params = {'w': jax.ShapeDtypeStruct(shape, jnp.float32)}
+    state = jax.eval_shape(tx.init, params)
+
+    def step(params, state, grads, tx=tx):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+    param_bytes = 4 * np.prod(shape)
+    assert compiled.memory_analysis().temp_size_in_bytes < 0.1 * param_bytes, amsgrad

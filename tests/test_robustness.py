@@ -79,6 +79,15 @@ def test_complex_gradient_for_a_real_parameter_names_the_leaf():
     tx.update({'w': jnp.ones(3, jnp.complex64)}, state)
 
 
+@pytest.mark.parametrize('dtype', [jnp.complex64, 'complex64'])
+def test_complex_mu_dtype_for_real_parameters_is_refused(dtype):
+  """It would hold a zero imaginary half: twice the memory for nothing."""
+  tx = scale_by_belief(mu_dtype=dtype)
+  with pytest.raises(ValueError, match=r"mu_dtype=complex.*params\['w'\] is real"):
+    tx.init({'w': jnp.ones(3), 'z': jnp.ones(3, jnp.complex64)})
+  assert tx.init({'z': jnp.ones(3, jnp.complex64)}).mu['z'].dtype == jnp.complex64
+
+
 def test_int8_mu_for_complex_parameters_is_refused():
   with pytest.raises(ValueError, match='complex'):
     scale_by_belief(mu_dtype='int8').init({'z': jnp.ones((64, 128), jnp.complex64)})
@@ -122,12 +131,18 @@ def test_state_of_another_configuration_names_the_option(made, used, name):
   assert 'tx.init(params)' in str(info.value)
 
 
-def test_state_of_another_weight_decay_mode_names_the_mode():
+@pytest.mark.parametrize('track_stats', [False, True])
+@pytest.mark.parametrize('made,used', [('l2', 'decoupled'), ('fixed', 'l2')])
+def test_state_of_another_weight_decay_mode_names_the_mode(made, used, track_stats):
+  """The 'l2' chain puts the decay's empty state first: a state of another mode
+  puts an EmptyState where the belief state belongs, with or without statistics."""
   params = {'w': jnp.ones(3)}
-  state = adabelief_jax.adabelief(1e-3, weight_decay=0.1, weight_decay_mode='l2').init(params)
-  tx = adabelief_jax.adabelief(1e-3, weight_decay=0.1)
-  with pytest.raises(ValueError, match=r"weight_decay_mode='decoupled'.*'l2'"):
-    tx.update(params, state, params)
+  make = lambda mode: adabelief_jax.adabelief(
+    1e-3, weight_decay=0.1, weight_decay_mode=mode, track_stats=track_stats
+  )
+  state = make(made).init(params)
+  with pytest.raises(TypeError, match=r"optax.EmptyState.*weight_decay_mode: 'l2'"):
+    make(used).update(params, state, params)
 
 
 def test_checkpoint_restored_without_a_target_says_how_to_restore():

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import adabelief_jax
-from adabelief_jax import ScaleByBeliefState, scale_by_belief
+from adabelief_jax import BeliefState, scale_by_belief
 from tests import devices, reference
 from tests.helpers import leaves64, maybe_jit, random_grads, relative_error, tree_of
 
@@ -140,7 +140,7 @@ def test_matches_optax_scale_by_belief(nesterov, hyper):
 def test_state_structure_and_amsgrad_placeholder():
   params = tree_of(np.float32)
   state = scale_by_belief().init(params)
-  assert isinstance(state, ScaleByBeliefState)
+  assert isinstance(state, BeliefState)
   assert state.count.dtype == jnp.int32 and state.count.shape == ()
   assert state.nu_max == optax.EmptyState()
   ams = scale_by_belief(amsgrad=True).init(params)
