@@ -1,4 +1,8 @@
-"""Shared fixtures: examples as modules, and 8-device checks in a child process."""
+"""Shared fixtures: examples as modules, and 8-device checks in a child process.
+
+Also a line at the end of every run that collected tests/test_compat.py: whether
+the PyTorch parity tests ran, or why they were skipped.
+"""
 
 import importlib.util
 import json
@@ -49,3 +53,42 @@ def device_checks(request) -> DeviceChecks:
     return DeviceChecks(devices.run_in_child(module.__name__, list(module.CHECKS.functions)))
   except RuntimeError as e:
     pytest.fail(str(e), pytrace=False)
+
+
+PARITY_FILE = 'tests/test_compat.py'
+PARITY_REFERENCE = 'adabelief-pytorch 0.2.1'
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+  """The reason of a skip report: longrepr is (path, line, 'Skipped: reason')."""
+  longrepr = report.longrepr
+  reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+  return reason.removeprefix('Skipped: ')
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  """Says whether the PyTorch parity tests ran: a skip must not pass for a pass."""
+  reports = {
+    outcome: [
+      r
+      for r in terminalreporter.stats.get(outcome, [])
+      if getattr(r, 'nodeid', '').split('::')[0] == PARITY_FILE
+      and (outcome != 'passed' or r.when == 'call')
+    ]
+    for outcome in ('passed', 'failed', 'skipped', 'error')
+  }
+  if not any(reports.values()):
+    return  # Not collected in this run.
+  ran = len(reports['passed']) + len(reports['failed'])
+  if ran:
+    counts = [
+      f'{len(reports[outcome])} {outcome}'
+      for outcome in ('failed', 'skipped', 'error')
+      if reports[outcome]
+    ]
+    line = f'{ran} tests ran' + (f' ({", ".join(counts)})' if counts else '')
+  elif reports['skipped']:
+    line = 'SKIPPED, ' + '; '.join(dict.fromkeys(map(_skip_reason, reports['skipped'])))
+  else:
+    line = f'ERROR, {len(reports["error"])} errors, no test ran'
+  terminalreporter.write_line(f'PyTorch parity ({PARITY_REFERENCE}): {line}')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -87,9 +88,41 @@ def json_numbers(tree: Any):
     yield tree
 
 
-def squeeze(text: str) -> str:
-  """``text`` with each run of white space made one space: tables pad their cells."""
-  return ' '.join(text.split())
+def markdown_tables(text: str) -> list[list[list[str]]]:
+  """The GitHub-flavoured Markdown tables in ``text``, in order.
+
+  Each table is a list of rows, the header first, each row a list of its
+  stripped cells ('\\|' inside a cell is a '|'). Every row must have as many
+  cells as the header, and the line under the header must be its separator.
+  """
+  tables: list[list[list[str]]] = []
+  lines = [line.strip() for line in text.splitlines()]
+  i = 0
+  while i < len(lines):
+    if not lines[i].startswith('|'):
+      i += 1
+      continue
+    block = []
+    while i < len(lines) and lines[i].startswith('|'):
+      block.append(lines[i])
+      i += 1
+    header, separator, *body = [_row_cells(line) for line in block]
+    assert len(separator) == len(header), block
+    assert all(re.fullmatch(r':?-+:?', cell) for cell in separator), block
+    assert body and all(len(row) == len(header) for row in body), block
+    tables.append([header, *body])
+  return tables
+
+
+def _row_cells(line: str) -> list[str]:
+  cells = re.split(r'(?<!\\)\|', line.strip()[1:-1])
+  return [cell.strip().replace('\\|', '|') for cell in cells]
+
+
+def mean_std(cell: str) -> tuple[float, float]:
+  """The two numbers of a '0.9726 ± 0.0010' table cell."""
+  mean, std = cell.split('±')
+  return float(mean), float(std)
 
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'

@@ -228,4 +228,6 @@ def test_runs_as_a_file():
     check=False,
   )
   assert proc.returncode == 0, proc.stderr
-  assert '--state-dtype' in proc.stdout
+  # A documented flag, parsed rather than read in the help text.
+  args = step_time.parse_args([*SMALL, '--state-dtype', 'bfloat16', '--rounds', '3'])
+  assert (args.state_dtype, args.rounds, args.leaves) == ('bfloat16', 3, 3)

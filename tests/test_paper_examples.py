@@ -7,10 +7,11 @@ the tests check the files it writes and that they hold finite numbers.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
-from tests.helpers import check_example_outputs, run_example, squeeze
+from tests.helpers import check_example_outputs, markdown_tables, mean_std, run_example
 
 
 def test_toy_2d(load_example, tmp_path, capsys):
@@ -30,10 +31,23 @@ def test_toy_2d(load_example, tmp_path, capsys):
   # The quadratic is easy: someone reaches 1e-3 within 300 steps at lr 0.1.
   quad = saved['results']['quadratic']['optimizers']
   assert any(o['tuned']['reached'] == 1 for o in quad.values())
-  printed = squeeze(capsys.readouterr().out)
-  assert '| Rosenbrock | adabelief |' in printed
-  assert '1 start,' in printed and '1 starts' not in printed
   assert data['results'].keys() == saved['results'].keys()
+  # The printed table: a row per (function, optimizer) with the numbers of results.json.
+  (table,) = markdown_tables(capsys.readouterr().out)
+  entries = [
+    (problem['function'], name, entry)
+    for problem in saved['results'].values()
+    for name, entry in problem['optimizers'].items()
+  ]
+  assert [tuple(row[:2]) for row in table[1:]] == [entry[:2] for entry in entries]
+  for row, (_, _, entry) in zip(table[1:], entries):
+    shared, tuned = entry['shared'], entry['tuned']
+    assert len(shared['steps']) == len(tuned['final_distance']) == 1  # One start.
+    assert float(row[4]) == pytest.approx(tuned['lr'])
+    for steps, final, stats in ((row[2], row[3], shared), (row[5], row[6], tuned)):
+      median = stats['median_steps']  # None: not reached (an infinite median).
+      assert (steps == 'not reached') if median is None else float(steps) == median
+      assert float(final) == float(f'{stats["median_final_distance"]:.2g}')
 
 
 def test_toy_2d_rejects_bad_flags(load_example, tmp_path):
@@ -63,9 +77,18 @@ def test_gan_2d(load_example, tmp_path, capsys):
     assert all(0 <= m <= 8 for m in r['modes'][0])
     assert all(0.0 <= q <= 1.0 for q in r['quality'][0])
     assert r['collapsed_fraction'] in (0.0, 1.0)
-  printed = squeeze(capsys.readouterr().out)
-  assert '| adabelief | 0.5 |' in printed
-  assert '(of 8, 1 seed)' in printed and '1 seeds' not in printed
+  # The printed table: a row per (optimizer, b1, lr) with the numbers of results.json.
+  (table,) = markdown_tables(capsys.readouterr().out)
+  assert [(row[0], float(row[1]), float(row[2])) for row in table[1:]] == [
+    (r['optimizer'], r['b1'], r['lr']) for r in results
+  ]
+  for row, r in zip(table[1:], results):
+    assert len(r['seeds']) == 1
+    modes, quality = mean_std(row[3]), mean_std(row[4])
+    assert modes == pytest.approx((r['modes_end_mean'], r['modes_end_std']), abs=0.051)
+    assert quality == pytest.approx((r['quality_end_mean'], r['quality_end_std']), abs=0.0051)
+    collapsed, seeds = map(int, re.match(r'(\d+)/(\d+) ', row[5]).groups())
+    assert seeds == 1 and collapsed / seeds == r['collapsed_fraction']
 
 
 def test_gan_2d_metrics(load_example):
@@ -102,9 +125,16 @@ def test_lstm_lm(load_example, tmp_path, capsys):
     assert 0.0 < r['test_bpc_mean'] < math.log2(vocab) + 3
     assert r['valid_bpc_std'] == 0.0  # One seed.
   assert saved['data']['train']['bytes'] == 8 * 1024
-  printed = squeeze(capsys.readouterr().out)
-  assert '| adabelief |' in printed
-  assert '1 epoch x' in printed and '(1 seed)' in printed and '1 seeds' not in printed
+  # The printed table: a row per optimizer with the numbers of results.json.
+  (table,) = markdown_tables(capsys.readouterr().out)
+  assert [row[0] for row in table[1:]] == [r['optimizer'] for r in results]
+  for row, r in zip(table[1:], results):
+    (run,) = r['runs']  # One seed, one epoch.
+    assert len(run['train_bpc']) == len(run['valid_bpc']) == saved['config']['evals_per_epoch']
+    assert float(row[2]) == pytest.approx(r['lr'])
+    valid, test = mean_std(row[3]), mean_std(row[4])
+    assert valid == pytest.approx((r['valid_bpc_mean'], r['valid_bpc_std']), abs=5.1e-4)
+    assert test == pytest.approx((r['test_bpc_mean'], r['test_bpc_std']), abs=5.1e-4)
 
 
 def test_lstm_lm_split_is_fixed_and_disjoint(load_example):

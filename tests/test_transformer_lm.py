@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.helpers import check_example_outputs, run_example, squeeze
+from tests.helpers import check_example_outputs, markdown_tables, mean_std, run_example
 
 # The smoke run's rows: AdamW and Adam are left out, to save their compilations
 # (test_every_row_steps builds them).
@@ -59,11 +59,17 @@ def test_transformer_lm(load_example, tmp_path, capsys):
   # Each variant's final train bpb over float32 AdaBelief's, for its one seed.
   ratios = saved['train_bpb_ratio_to_float32_state']
   assert list(ratios) == ROWS[2:] and all(len(r) == 1 and r[0] > 0 for r in ratios.values())
-  markdown, printed = squeeze((out / 'results.md').read_text()), squeeze(capsys.readouterr().out)
-  for row in ROWS:
-    assert f'| {row} |' in markdown and f'| {row} |' in printed
-  assert 'Final train bpb over float32-state AdaBelief, mean over the same 1 seed:' in printed
-  assert '(1 seed)' in markdown and '1 seeds' not in printed + markdown
+  # The table, printed and written: a row per optimizer and variant with the numbers of
+  # results.json.
+  for text in ((out / 'results.md').read_text(), capsys.readouterr().out):
+    (table,) = markdown_tables(text)
+    assert [row[0] for row in table[1:]] == ROWS
+    for row, r in zip(table[1:], results.values()):
+      assert float(row[2]) == pytest.approx(r['lr'])
+      valid, test = mean_std(row[3]), mean_std(row[4])
+      assert valid == pytest.approx((r['valid_bpb_mean'], r['valid_bpb_std']), abs=5.1e-4)
+      assert test == pytest.approx((r['test_bpb_mean'], r['test_bpb_std']), abs=5.1e-4)
+      assert float(row[7]) == pytest.approx(r['state_bytes_per_param'], abs=0.0051)
 
 
 def test_model_is_causal(load_example):
