@@ -69,10 +69,13 @@ def chain_with_weight_decay(
     raise ValueError(
       f'weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got {weight_decay_mode!r}.'
     )
-  if check_hyperparams:
+  # Numbers were checked above; values that change at run time are checked as
+  # they are evaluated (the state of a chain with numbers stays as it is).
+  runtime = lambda value: check_hyperparams and (callable(value) or isinstance(value, jax.Array))
+  if runtime(learning_rate):
     learning_rate = _checked('learning_rate', learning_rate)
-    if callable(weight_decay) or isinstance(weight_decay, jax.Array):
-      weight_decay = _checked('weight_decay', weight_decay)
+  if runtime(weight_decay):
+    weight_decay = _checked('weight_decay', weight_decay)
   if weight_decay_mode == 'fixed':  # Subtracted after the learning rate: p -= wd * p.
     weight_decay = (
       (lambda count, wd=weight_decay: -wd(count)) if callable(weight_decay) else -weight_decay

@@ -17,11 +17,12 @@ parameter and over all of them:
 * ``sqrt_s_hat_median`` and ``sqrt_s_hat_p99``: the median and 99th
   percentile of :math:`\sqrt{\hat s_t}` (the scale ``eps`` competes with);
 * ``param_rms``: the RMS of the parameters the update was given;
-* ``update_rms``: the RMS of the last step as it was applied, the change of
-  the parameters since the update before: learning rate, weight decay,
-  clipping and the rounding of ``optax.apply_updates`` included, whatever the
-  chain around :func:`~adabelief_jax.scale_by_belief` (0 until an update has
-  been applied, and NaN without ``params``);
+* ``update_rms``: the RMS of the last step as it was applied: the change of
+  the parameters between the update before and this one, so the learning
+  rate, weight decay, clipping and the rounding of ``optax.apply_updates``
+  are included, whatever the chain around
+  :func:`~adabelief_jax.scale_by_belief`. It is one update behind the other
+  statistics, and NaN until two updates have been given ``params``;
 * ``update_to_param_rms``: their ratio (in :func:`~adabelief_jax.belief_stats`);
 * ``global/adaptive``, with ``rectify``: 1 on adaptive steps, 0 on the
   momentum-SGD steps before the threshold.
@@ -29,7 +30,8 @@ parameter and over all of them:
 Percentiles and root mean squares come from a strided sample of at most
 about 1024 elements of each parameter (``SAMPLE``; the whole parameter
 when smaller), the same elements at every step: what a dashboard needs. The
-global statistics weight each parameter by its number of elements.
+state keeps the last update's sample of each parameter, for ``update_rms``.
+The global statistics weight each parameter by its number of elements.
 :func:`~adabelief_jax.belief_stats` reads them from any optimizer state, as a flat dict
 ready for a logger.
 
@@ -73,16 +75,24 @@ class BeliefStats(NamedTuple):
   Read them with :func:`~adabelief_jax.belief_stats`; the module docstring says what each
   means.
 
+  Each per-parameter field is a tree structured like the parameters, with a
+  float32 scalar at each parameter's place.
+
   Attributes:
-    eps_dominated: per parameter (a tree structured like the parameters, with
-      a float32 scalar at each parameter's place), likewise the next four.
-    sqrt_s_hat_median: per parameter.
-    sqrt_s_hat_p99: per parameter.
-    update_rms: per parameter.
-    param_rms: per parameter.
-    overall: the same over all the parameters, and ``adaptive``.
-    last_params: the sampled elements of the parameters the last update was
-      given, from which the next one measures the step applied in between.
+    eps_dominated: the share of each parameter's elements whose step is
+      momentum SGD because the epsilons dominate its denominator.
+    sqrt_s_hat_median: the median of :math:`\\sqrt{\\hat s_t}` over each
+      parameter's sample.
+    sqrt_s_hat_p99: its 99th percentile.
+    update_rms: the RMS of the step last applied to each parameter, measured
+      on the parameter between the last update and this one: one update
+      behind the other fields (NaN until two updates had ``params``).
+    param_rms: the RMS of each parameter as this update was given it.
+    overall: the same over all the parameters, weighted by their sizes, and
+      ``adaptive`` (1 on adaptive steps, 0 before rectification's threshold).
+    last_params: the sampled elements of the parameters as the last update
+      with ``params`` was given them, from which the next update measures
+      ``update_rms`` (NaN before any).
   """
 
   eps_dominated: Any
@@ -108,46 +118,37 @@ def _divisors(n: int) -> list[int]:
   return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def _strides(shape: tuple[int, ...]) -> list[int]:
-  """Each axis's stride of the sample: divisors of the axes, largest axes first."""
-  strides, factor = [1] * len(shape), -(-int(np.prod(shape)) // SAMPLE)
-  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-    k = max(d for d in _divisors(shape[dim]) if d <= factor)
-    strides[dim], factor = k, -(-factor // k)
-  return strides
-
-
 def strided(x: jax.Array) -> jax.Array:
   """About ``SAMPLE`` elements of ``x`` (all when fewer): every k-th index along its
-  largest axes, flattened. The elements depend on ``x``'s shape only.
+  largest axes, flattened.
 
-  An ``x`` sharded over ``Explicit`` mesh axes is sliced where each of its
-  shards holds a whole number of strides, and the small sample replicated
-  before it is flattened; where a shard does not, ``x`` is replicated first.
-  An empty ``x`` has no statistics: its sample is one NaN.
+  Strides divide each axis (a sharded axis: its shard), so that under
+  ``Explicit`` mesh axes the slice is shard-aligned; the small sample is then
+  replicated before it is flattened, which a sharded axis would not allow.
+  The elements depend on ``x``'s shape and sharding. An empty ``x`` has no
+  statistics: its sample is one NaN.
   """
   if x.size == 0:
     return jnp.full((1,), jnp.nan, x.dtype)
-  strides = _strides(tuple(x.shape))
   sharding = getattr(jax.typeof(x), 'sharding', None)
   spec = list(getattr(sharding, 'spec', ()) or ()) + [None] * x.ndim
   mesh_shape = dict(getattr(getattr(sharding, 'mesh', None), 'shape', {}) or {})
   shards = [int(np.prod([mesh_shape.get(a, 1) for a in axes_of(e)])) for e in spec[: x.ndim]]
+  strides, factor = [1] * x.ndim, -(-x.size // SAMPLE)
+  for dim in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
+    k = max(d for d in _divisors(x.shape[dim] // shards[dim]) if d <= factor)
+    strides[dim], factor = k, -(-factor // k)
+  sample = x[tuple(slice(None, None, k) for k in strides)]
   if any(n > 1 for n in shards) and sharding is not None:
-    replicated = NamedSharding(sharding.mesh, PartitionSpec())
-    if any((size // n) % k for size, n, k in zip(x.shape, shards, strides)):
-      x = jax.sharding.reshard(x, replicated)
-    sample = x[tuple(slice(None, None, k) for k in strides)]
-    sample = jax.sharding.reshard(sample, replicated)
-  else:
-    sample = x[tuple(slice(None, None, k) for k in strides)]
+    sample = jax.sharding.reshard(sample, NamedSharding(sharding.mesh, PartitionSpec()))
   return sample.reshape(-1)
 
 
-def sample_like(param: Any) -> jax.Array:
-  """Zeros shaped and typed as :func:`strided`'s sample of ``param`` (an array or a struct)."""
-  struct = jax.eval_shape(strided, jax.ShapeDtypeStruct(param.shape, param.dtype))
-  return jnp.zeros(struct.shape, struct.dtype)
+def no_sample(param: Any) -> jax.Array:
+  """NaNs shaped and typed as :func:`strided`'s sample of ``param`` (an array or a
+  struct, sharded as the update will see it): the sample before any update."""
+  struct = jax.eval_shape(strided, param)
+  return jnp.full(struct.shape, jnp.nan, struct.dtype)
 
 
 def leaf_sample(
@@ -157,7 +158,6 @@ def leaf_sample(
   sqrt_bias_correction: jax.Array,
   param_sample: jax.Array | None,
   last_param: jax.Array,
-  first: jax.Array,
 ) -> LeafSample:
   """One parameter's contribution.
 
@@ -165,19 +165,18 @@ def leaf_sample(
   eps-dominated where ``sqrt(s) <= bound``; ``s_sample`` its sample, and
   ``sqrt_bias_correction`` turns ``sqrt(s)`` into :math:`\\sqrt{\\hat s_t}`.
   ``param_sample`` is the sample of the parameter this update was given
-  (``None`` without params), ``last_param`` the one the last update was given,
-  unused on the ``first`` update.
+  (``None`` without params), ``last_param`` the one the last update that had
+  params was given (NaN before any: no step is measured then).
   """
-  above = _count_above(s, jnp.square(bound).astype(s.dtype))
+  above = _count_above(s, jnp.square(bound).astype(s.dtype), s_sample[0])
   # The mean's float32 rounding could carry the fraction just outside [0, 1].
   dominated = jnp.clip(1 - above / s.size, 0, 1)
   sqrt_s_hat = (jnp.sqrt(s_sample) / sqrt_bias_correction).astype(jnp.float32)
   if param_sample is None:
     nan = jnp.full(sqrt_s_hat.shape, jnp.nan, jnp.float32)
     return LeafSample(dominated, sqrt_s_hat, nan, nan, s.size)
-  wide = param_sample.astype(jnp.promote_types(param_sample.dtype, jnp.float32))
-  last = _resharded_like(last_param, wide).astype(wide.dtype)
-  step = wide - jnp.where(first, wide, last)  # NaN if the parameter is empty.
+  wide = jnp.promote_types(param_sample.dtype, jnp.float32)
+  step = param_sample.astype(wide) - _resharded_like(last_param, param_sample).astype(wide)
   return LeafSample(dominated, sqrt_s_hat, param_sample, step, s.size)
 
 
@@ -205,15 +204,22 @@ def _resharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
   return jax.sharding.reshard(x, sharding)
 
 
-def _count_above(x: jax.Array, bound: jax.Array) -> jax.Array:
+def _count_above(x: jax.Array, bound: jax.Array, probe: jax.Array) -> jax.Array:
   """The number of elements of ``x`` above ``bound``, float32; NaN if one is NaN.
 
-  Written as a sum of signs of ``max(x, bound) - bound``, which XLA:CPU fuses
-  into its reduction: a compare-and-convert, or a maximum with a constant 0,
-  it first writes to memory as an array of the size of ``x``
-  (benchmarks/RESULTS.md).
+  Written as a sum of clamps, ``min(ceil(max(x - bound, 0)), 1)``, which
+  XLA:CPU fuses into its vectorized reduction, where it first writes a
+  compare-and-convert to memory as an array of the size of ``x``. The
+  clamp's scalars are made this array's own by a select on a condition that
+  is always false but computed from ``probe`` (an element of ``x``'s sample:
+  a sharded ``x`` cannot be indexed), which XLA cannot fold: a scalar shared
+  by arrays of one shape is otherwise broadcast into an array that each of
+  them reads (both measured: benchmarks/RESULTS.md).
   """
-  return jnp.sum(jnp.sign(jnp.maximum(x, bound) - bound), dtype=jnp.float32)
+  never = jnp.isnan(probe) & ~jnp.isnan(probe)
+  zero = jnp.where(never, 1, 0).astype(x.dtype)
+  above = jnp.ceil(jnp.maximum(x - jnp.where(never, 0, bound), zero))
+  return jnp.sum(jnp.minimum(above, 1 - zero), dtype=jnp.float32)
 
 
 class _Rows(NamedTuple):
@@ -244,9 +250,8 @@ def _rows(samples: list[LeafSample]) -> _Rows:
   )
 
 
-def _sort(values: jax.Array, *payload: jax.Array) -> tuple[jax.Array, ...]:
-  """``values`` (non-negative floats, inf or NaN) sorted along the last axis,
-  NaN last, and ``payload`` in the same order.
+def _sort(values: jax.Array) -> jax.Array:
+  """``values`` (non-negative floats, inf or NaN) sorted along the last axis, NaN last.
 
   Sorted as their int32 bit patterns, which order non-negative floats as the
   floats are ordered, and which XLA:CPU sorts several times faster
@@ -255,8 +260,7 @@ def _sort(values: jax.Array, *payload: jax.Array) -> tuple[jax.Array, ...]:
   bits = jax.lax.bitcast_convert_type(values, jnp.int32)
   # One NaN (all bits but the sign set) for every NaN, negative ones included.
   keys = jnp.where(jnp.isnan(values), jnp.iinfo(jnp.int32).max, bits)
-  ordered, *rest = jax.lax.sort((keys, *payload), dimension=values.ndim - 1, num_keys=1)
-  return (jax.lax.bitcast_convert_type(ordered, values.dtype), *rest)
+  return jax.lax.bitcast_convert_type(jnp.sort(keys, axis=-1), values.dtype)
 
 
 def _weigh(sizes: np.ndarray) -> Callable[[jax.Array], jax.Array]:
@@ -269,7 +273,7 @@ def _weigh(sizes: np.ndarray) -> Callable[[jax.Array], jax.Array]:
 def _row_percentiles(rows: _Rows, qs: tuple[float, ...]) -> list[jax.Array]:
   """Each row's percentiles of its own samples, interpolated as ``jnp.percentile``
   does (NaN for a row with a NaN)."""
-  (ordered,) = _sort(rows.sqrt_s_hat)
+  ordered = _sort(rows.sqrt_s_hat)
   has_nan = jnp.any(jnp.isnan(rows.sqrt_s_hat), axis=1)
   out = []
   for q in qs:
@@ -284,13 +288,32 @@ def _row_percentiles(rows: _Rows, qs: tuple[float, ...]) -> list[jax.Array]:
 
 
 def _weighted_percentiles(rows: _Rows, qs: tuple[float, ...]) -> list[jax.Array]:
-  """Percentiles of all samples, each standing for ``size / length`` elements."""
-  values = rows.sqrt_s_hat.reshape(-1)
+  """Percentiles of all samples, each standing for ``size / length`` elements.
+
+  The smallest sample value ``v`` whose weighted share of samples ``<= v``
+  reaches ``q``, found by bisection over the bit patterns of non-negative
+  floats (ordered as their values): 31 weighted counts over the samples,
+  where a sort of all samples with their weights costs several times more on
+  XLA:CPU (benchmarks/RESULTS.md). NaN if a sample of a non-empty parameter is NaN.
+  """
   valid = np.arange(rows.sqrt_s_hat.shape[1])[None, :] < rows.length[:, None]
-  weights = jnp.asarray(np.where(valid, (rows.size / rows.length)[:, None], 0).reshape(-1))
-  ordered, ordered_weights = _sort(values, weights)
-  cumulative = jnp.cumsum(ordered_weights) / jnp.sum(weights)
-  return [ordered[jnp.searchsorted(cumulative, q)] for q in qs]
+  weights = jnp.asarray(np.where(valid, (rows.size / rows.length)[:, None], 0), jnp.float32)
+  targets = jnp.asarray(qs, jnp.float32) * jnp.sum(weights)
+  values = rows.sqrt_s_hat
+
+  def bisect(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    low, high = bounds
+    middle = low + (high - low) // 2
+    at = jax.lax.bitcast_convert_type(middle, jnp.float32)
+    below = jnp.sum(jnp.where(values[None] <= at[:, None, None], weights[None], 0), axis=(1, 2))
+    reached = below >= targets
+    return jnp.where(reached, low, middle + 1), jnp.where(reached, middle, high)
+
+  start = (jnp.zeros(len(qs), jnp.int32), jnp.full(len(qs), 0x7F800000, jnp.int32))
+  _, high = jax.lax.fori_loop(0, 31, bisect, start)
+  result = jax.lax.bitcast_convert_type(high, jnp.float32)
+  result = jnp.where(jnp.any(jnp.isnan(values) & (weights > 0)), jnp.nan, result)
+  return list(result)
 
 
 def stats_of(
@@ -307,8 +330,8 @@ def stats_of(
   eps_dominated = jnp.stack([s.eps_dominated for s in samples])
   param_rms, update_rms = jnp.sqrt(mean(rows.param_square)), jnp.sqrt(mean(rows.step_square))
   median, p99 = _row_percentiles(rows, (0.5, 0.99))
-  weigh = _weigh(rows.size)
   overall_median, overall_p99 = _weighted_percentiles(rows, (0.5, 0.99))
+  weigh = _weigh(rows.size)
   per_param = lambda values: jax.tree.unflatten(treedef, list(values))
   return BeliefStats(
     eps_dominated=per_param(eps_dominated),
@@ -334,7 +357,7 @@ def zeros(params: Any) -> BeliefStats:
   scalar = lambda _: jnp.zeros((), jnp.float32)
   per_param = {name: jax.tree.map(scalar, params) for name in PER_PARAM}
   overall = GlobalStats(*(jnp.zeros((), jnp.float32) for _ in GlobalStats._fields))
-  return BeliefStats(**per_param, overall=overall, last_params=jax.tree.map(sample_like, params))
+  return BeliefStats(**per_param, overall=overall, last_params=jax.tree.map(no_sample, params))
 
 
 def _path(path: Any) -> str:

@@ -41,8 +41,8 @@ class BeliefState(NamedTuple):
   count: chex.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count.
   mu: optax.Updates
   nu: optax.Updates
-  nu_max: optax.Updates
-  stats: Any
+  nu_max: optax.Updates | optax.EmptyState
+  stats: diagnostics.BeliefStats | optax.EmptyState
 
 
 class _Leaf(NamedTuple):
@@ -195,10 +195,11 @@ def _check_state(state: optax.OptState, hp: BeliefHyperparams) -> BeliefState:
   """
   if not isinstance(state, BeliefState):
     hint = (
-      " Inside adabelief this is a state made with another weight_decay_mode: 'l2' puts the "
-      "weight decay's EmptyState before scale_by_belief's state, 'decoupled' and 'fixed' after."
-      if isinstance(state, optax.EmptyState)
-      else ' A checkpoint restored without a target gives dicts and lists.'
+      ' A checkpoint restored without a target gives dicts and lists.'
+      if isinstance(state, dict | list)
+      else " It is another transformation's state: the chain's transformations are in another "
+      "order than when the state was made; inside adabelief, another weight_decay_mode ('l2' "
+      "puts the weight decay before scale_by_belief, 'decoupled' and 'fixed' after)."
     )
     package = type(state).__module__.split('.')[0]
     got = type(state).__name__ if package == 'builtins' else f'{package}.{type(state).__name__}'
@@ -268,7 +269,6 @@ def _statistics(
   casts: list[StepScalars],
   params: list[Any],
   last: diagnostics.BeliefStats,
-  count: jax.Array,
   adaptive: jax.Array,
   treedef: Any,
 ) -> diagnostics.BeliefStats:
@@ -280,13 +280,19 @@ def _statistics(
   own units the bound is ``2 sqrt(that) + eps_scaled``.
   """
   samples, kept = [], []
-  for x, c, param, last_param in zip(
-    stored, casts, params, treedef.flatten_up_to(last.last_params)
-  ):
+  leaves = zip(stored, casts, params, treedef.flatten_up_to(last.last_params))
+  for index, (x, c, param, last_param) in enumerate(leaves):
     s = _used(x)[2]
     floor = c.eps_root * jnp.square(c.sqrt_bias_correction2) / c.one_minus_b2
     bound = jnp.asarray(2 * jnp.sqrt(floor) + c.eps_scaled)
     param_sample = None if param is None else diagnostics.param_sample(param, last_param)
+    if param_sample is not None and param_sample.shape != last_param.shape:
+      raise ValueError(
+        f'scale_by_belief(track_stats=True): parameter {index} is sampled as {param_sample.shape} '
+        f'here but as {last_param.shape} by init: its sharding differs between init and update '
+        '(the sample is shard-aligned under Explicit mesh axes). Initialize the state with the '
+        'parameters sharded as the update sees them.'
+      )
     samples.append(
       diagnostics.leaf_sample(
         s,
@@ -295,7 +301,6 @@ def _statistics(
         jnp.asarray(c.sqrt_bias_correction2),
         param_sample,
         last_param,
-        first=count == 1,
       )
     )
     kept.append(last_param if param_sample is None else param_sample)
@@ -326,27 +331,29 @@ def _update_leaves(
   if hp.track_stats:
     params_leaves = [None] * len(leaves) if params is None else treedef.flatten_up_to(params)
     adaptive = jnp.asarray(scalars.adaptive)
-    stats = _statistics(stored, per_leaf, params_leaves, last, count, adaptive, treedef)
+    stats = _statistics(stored, per_leaf, params_leaves, last, adaptive, treedef)
     # The parameters are read for the statistics before the step updates them in place.
     reads = [stats.param_rms, stats.update_rms, stats.last_params]
     reads = [x for tree in reads for x in jax.tree.leaves(tree)]
-    per_leaf = [c._replace(step_scale=_after(c.step_scale, reads)) for c in per_leaf]
+    scales = _after([c.step_scale for c in per_leaf], reads)
+    per_leaf = [c._replace(step_scale=scale) for c, scale in zip(per_leaf, scales)]
   new = [x._replace(update=_direction(*_used(x), c, hp)) for x, c in zip(stored, per_leaf)]
   return new, stats
 
 
-def _zeros(params: Any, requested: jnp.dtype | None, fmt: Any, block_size: Any) -> Any:
-  """The zero moment tree of ``params`` as ``requested`` (int8: 8-bit blocks of ``fmt``).
+def _zeros(params: Any, requested: jnp.dtype | None, *, real: bool, block_size: Any) -> Any:
+  """The zero moment tree of ``params`` as ``requested`` (int8: 8-bit blocks).
 
   A float moment takes ``requested``, or by default float32 for 16-bit
   parameters (an ``s`` of 1e-16 is zero in float16) and the parameter's dtype
-  otherwise, real for ``s``.
+  otherwise; ``real`` for ``s``, which is real for complex parameters too.
   """
   if requested == jnp.int8:
+    fmt = _storage.POSITIVE if real else _storage.SIGNED
     return _storage.quantized_zeros(params, fmt, block_size)
 
   def leaf(param: Any) -> jax.Array:
-    dtype = jnp.dtype(param.dtype if fmt is _storage.SIGNED else jnp.finfo(param.dtype).dtype)
+    dtype = jnp.dtype(jnp.finfo(param.dtype).dtype if real else param.dtype)
     if requested is not None:
       dtype = requested
     elif jnp.finfo(dtype).bits < 32:
@@ -383,10 +390,10 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     params = _checks.as_arrays(params)
     _check_params(params, hp)
     block = hp.quantization_block_size
-    nu_zeros = lambda: _zeros(params, hp.nu_dtype, _storage.POSITIVE, block)
+    nu_zeros = lambda: _zeros(params, hp.nu_dtype, real=True, block_size=block)
     return BeliefState(
       count=jnp.zeros([], jnp.int32),
-      mu=_zeros(params, hp.mu_dtype, _storage.SIGNED, block),
+      mu=_zeros(params, hp.mu_dtype, real=False, block_size=block),
       nu=nu_zeros(),
       nu_max=nu_zeros() if hp.amsgrad else optax.EmptyState(),
       stats=diagnostics.zeros(params) if hp.track_stats else optax.EmptyState(),
@@ -396,6 +403,7 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, BeliefState]:
     state = _check_state(state, hp)
+    params = None if params is None else _checks.as_arrays(params)
     if hp.check_hyperparams:
       jax.debug.callback(_checks.raise_if_invalid, hp.numeric())
     leaves = _leaves(updates, state, hp.amsgrad)

@@ -148,3 +148,10 @@ def test_the_module_graph_has_no_cycle():
     if node not in state:
       visit(node, [])
   assert 'adabelief_jax.transform' not in graph['adabelief_jax.diagnostics']
+
+
+def test_the_documented_size_of_a_leaf_in_8_bits_is_the_one_used():
+  from adabelief_jax import _quantize
+
+  for fn in (adabelief_jax.scale_by_belief,):
+    assert f'fewer than {_quantize.MIN_ELEMENTS} elements' in ' '.join(fn.__doc__.split())

@@ -81,7 +81,7 @@ def test_stats_match_a_float64_computation_from_the_oracle(options, eps, eps_roo
         np.testing.assert_allclose(
           float(stats['small/sqrt_s_hat_p99']), np.percentile(root, 99), rtol=1e-5
         )
-        step_rms = np.sqrt(np.mean((p - p_last) ** 2)) if t > 1 else 0.0
+        step_rms = np.sqrt(np.mean((p - p_last) ** 2)) if t > 1 else np.nan
         np.testing.assert_allclose(float(stats['small/update_rms']), step_rms, rtol=1e-6)
         np.testing.assert_allclose(float(stats['small/param_rms']), np.sqrt(np.mean(p**2)), 1e-6)
       else:  # A strided sample of 12000: the estimates' ranks among all elements,
@@ -153,7 +153,9 @@ def test_update_rms_is_the_step_applied_since_the_last_update(mode):
     u, state = update(grads, state, params)
     stats = belief_stats(state)
     for k in params:
-      want = 0.0 if last is None else np.sqrt(np.mean(np.square(leaves64(params[k])[0] - last[k])))
+      want = (
+        np.nan if last is None else np.sqrt(np.mean(np.square(leaves64(params[k])[0] - last[k])))
+      )
       np.testing.assert_allclose(float(stats[f'{k}/update_rms']), want, rtol=1e-6)
     last = {k: leaves64(v)[0] for k, v in params.items()}
     params = optax.apply_updates(params, u)
@@ -161,6 +163,23 @@ def test_update_rms_is_the_step_applied_since_the_last_update(mode):
   np.testing.assert_allclose(
     float(stats['global/update_rms']), np.sqrt(squares / sum(p.size for p in params.values())), 1e-6
   )
+
+
+def test_update_rms_is_measured_only_between_updates_given_params():
+  """Without params an update measures nothing: update_rms stays NaN until two
+  updates have had params, and is then the change between those two."""
+  params = {'w': jnp.ones((4, 5)), 'x': 2.0}  # A Python number as a leaf, as optax allows.
+  tx = scale_by_belief(track_stats=True)
+  state = tx.init(params)
+  grads = {'w': jnp.full((4, 5), 0.1), 'x': 0.1}
+  _, state = tx.update(grads, state)  # No params.
+  assert np.isnan(float(belief_stats(state)['w/update_rms']))
+  _, state = tx.update(grads, state, params)
+  assert np.isnan(float(belief_stats(state)['w/update_rms']))
+  moved = {'w': params['w'] + 0.5, 'x': 2.5}
+  _, state = tx.update(grads, state, moved)
+  np.testing.assert_allclose(float(belief_stats(state)['w/update_rms']), 0.5, rtol=1e-6)
+  np.testing.assert_allclose(float(belief_stats(state)['x/update_rms']), 0.5, rtol=1e-6)
 
 
 def test_update_rms_shows_bfloat16_parameters_that_do_not_move():
@@ -207,7 +226,7 @@ def test_state_with_and_without_stats_do_not_mix():
 )
 def test_stats_in_compositions(wrap):
   params = _params()
-  grads = _grads(params, 2)
+  grads = _grads(params, 4)  # MultiSteps updates its inner state every 2: twice.
   base = lambda **kw: adabelief_jax.adabelief(1e-3, track_stats=True, **kw)
   tx = {
     'scan': base(),
@@ -279,7 +298,9 @@ def check_stats_under_zero1_equal_one_device() -> dict:
   pmapped = jax.pmap(lambda p: belief_stats(tx.update(grads[0], tx.init(p), p)[1]))(
     jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices.N_DEVICES, *x.shape)), params)
   )
-  assert all(np.all(np.isfinite(np.asarray(v))) for v in pmapped.values())
+  # One update: no step measured yet, every other statistic finite on every replica.
+  for key, value in pmapped.items():
+    assert np.all(np.isnan(value) if 'update' in key else np.isfinite(value)), key
   return {'stats': len(want)}
 
 

@@ -133,15 +133,19 @@ def test_state_of_another_configuration_names_the_option(made, used, name):
 
 @pytest.mark.parametrize('track_stats', [False, True])
 @pytest.mark.parametrize('made,used', [('l2', 'decoupled'), ('fixed', 'l2')])
-def test_state_of_another_weight_decay_mode_names_the_mode(made, used, track_stats):
-  """The 'l2' chain puts the decay's empty state first: a state of another mode
-  puts an EmptyState where the belief state belongs, with or without statistics."""
+@pytest.mark.parametrize(
+  'weight_decay', [0.1, optax.constant_schedule(0.1)], ids=['number', 'schedule']
+)
+def test_state_of_another_weight_decay_mode_names_the_mode(made, used, track_stats, weight_decay):
+  """The 'l2' chain puts the decay's state first: a state of another mode puts
+  the decay's state (empty, or a schedule's count) where the belief state
+  belongs, with or without statistics."""
   params = {'w': jnp.ones(3)}
   make = lambda mode: adabelief_jax.adabelief(
-    1e-3, weight_decay=0.1, weight_decay_mode=mode, track_stats=track_stats
+    1e-3, weight_decay=weight_decay, weight_decay_mode=mode, track_stats=track_stats
   )
   state = make(made).init(params)
-  with pytest.raises(TypeError, match=r"optax.EmptyState.*weight_decay_mode: 'l2'"):
+  with pytest.raises(TypeError, match=r"got optax\.\w+\. .*another weight_decay_mode \('l2'"):
     make(used).update(params, state, params)
 
 
@@ -227,3 +231,27 @@ def test_the_recipe_skips_bad_steps_and_never_freezes():
   assert np.all(np.isfinite(np.asarray(after['w'])))
   assert np.max(np.abs(np.asarray(after['w']) - np.asarray(before['w']))) > 1e-3  # Not frozen.
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state))
+
+
+def test_check_hyperparams_keeps_the_state_of_number_hyperparameters():
+  """Numbers are checked when the optimizer is built: checking them again at run
+  time would change the state's structure (a schedule's count) with a debug flag."""
+  params = {'w': jnp.ones(3)}
+  for kwargs in (dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, weight_decay_mode='l2')):
+    plain = adabelief_jax.adabelief(1e-3, **kwargs).init(params)
+    checked = adabelief_jax.adabelief(1e-3, check_hyperparams=True, **kwargs).init(params)
+    assert jax.tree.structure(plain) == jax.tree.structure(checked), kwargs
+
+
+@pytest.mark.parametrize('name', ['learning_rate', 'weight_decay'])
+def test_check_hyperparams_checks_what_a_schedule_gives(name):
+  """A schedule that turns negative (or NaN) at step 2 is caught at step 2."""
+  params, grads = {'w': jnp.ones(3)}, {'w': jnp.full(3, 0.1)}
+  schedule = lambda count: jnp.where(count >= 2, -1.0, 1e-3)
+  kwargs = {'learning_rate': 1e-3, 'weight_decay': 1e-4, name: schedule}
+  tx = adabelief_jax.adabelief(**kwargs, check_hyperparams=True)
+  state, update = tx.init(params), jax.jit(tx.update)
+  for _ in range(2):
+    _, state = update(grads, state, params)
+  with pytest.raises(Exception, match=re.escape(f'{name} = -1.0')):
+    jax.block_until_ready(update(grads, state, params))

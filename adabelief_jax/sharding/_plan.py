@@ -336,9 +336,11 @@ def _place(s: _StateLeaf, moment: _Moment | None, shard_axis: str | None) -> _Mo
     return dataclasses.replace(moment, sharding=moment.sharding.update(spec=spec))
   if s.kind != 'scales' and shape == moment.param_shape:
     return moment
-  # A float leaf's scalar scale, or a leaf of another shape.
+  # A float leaf's scalar scale, or a leaf of another shape (statistics, factored
+  # moments): small, so one that stays replicated along shard_axis is not worth a note.
   sharding = moment.param_sharding.update(spec=fit_spec(moment.param_sharding.spec, shape, mesh))
-  return _placement(moment.param, sharding, shape, shard_axis, param_shape=moment.param_shape)
+  placed = _placement(moment.param, sharding, shape, shard_axis, param_shape=moment.param_shape)
+  return dataclasses.replace(placed, note='')
 
 
 def _is_masked(x: Any) -> bool:

@@ -52,7 +52,8 @@ def sharded_update(
   inner = optax.with_extra_args_support(tx)
 
   def init_fn(params: optax.Params) -> optax.OptState:
-    return constrain(inner.init(params), state_shardings)
+    # As update sees them: state sampled from the params (statistics) keeps its shape.
+    return constrain(inner.init(constrain(params, moment_shardings)), state_shardings)
 
   def update_fn(
     updates: optax.Updates,
