@@ -42,6 +42,9 @@ DEFAULT_MODES = [
   'adabelief_wd',
   'adabelief_amsgrad',
   'adabelief_rectify',
+  'adabelief_stats',
+  'adabelief_int8',
+  'adabelief_bf16_int8',
   'optax_adam',
   'optax_adabelief',
 ]
