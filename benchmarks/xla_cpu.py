@@ -30,7 +30,7 @@ idiom keeps its place only while it measures better:
   library) against ``jax.random.bits``, and a plain cast.
 
     python -m benchmarks.xla_cpu
-    python -m benchmarks.xla_cpu --elements 1M --rounds 5 --cases order count
+    python -m benchmarks.xla_cpu --elements 1M --rounds 5 --cases order count --kernels-only
 """
 
 from __future__ import annotations
@@ -384,16 +384,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument('--rounds', type=int, default=10, help='timed calls per form (default 10)')
   parser.add_argument('--cases', nargs='+', choices=list(CASES), default=list(CASES))
   parser.add_argument(
-    '--params',
-    type=parse_count,
-    default='42M',
-    help='parameters of the in-context steps (default 42M; 0 skips them)',
+    '--params', type=parse_count, default='42M', help='parameters of the steps (default 42M)'
   )
+  parser.add_argument('--kernels-only', action='store_true', help='skip the steps')
   _cli.add_flags(parser, _cli.JSON)
   args = parser.parse_args(argv)
   print(f'# xla_cpu: {args.elements:,} elements, {args.rounds} rounds, {jax.default_backend()}')
   rows = [row for case in args.cases for row in measure(case, args.elements, args.rounds)]
-  if args.params:
+  if not args.kernels_only:
     rows += in_context(args.params, args.rounds)
   result = {
     'benchmark': 'xla_cpu',

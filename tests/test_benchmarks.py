@@ -231,3 +231,16 @@ def test_runs_as_a_file():
   # A documented flag, parsed rather than read in the help text.
   args = step_time.parse_args([*SMALL, '--state-dtype', 'bfloat16', '--rounds', '3'])
   assert (args.state_dtype, args.rounds, args.leaves) == ('bfloat16', 3, 3)
+
+
+def test_xla_cpu_measures_each_idiom_against_its_plain_form(capsys):
+  """Every case runs each of its forms, the library's first, with finite numbers."""
+  from benchmarks import xla_cpu
+
+  result = xla_cpu.main(['--elements', '64k', '--rounds', '1', '--kernels-only'])
+  rows = result['results']
+  for case, (_, forms, _, _) in xla_cpu.CASES.items():
+    got = [row['form'] for row in rows if row['case'] == case]
+    assert got == [f'{forms[0]} (library)', *forms[1:]], case
+  assert all(row['temp MB'] >= 0 and row['median ms'] > 0 for row in rows)
+  assert '| case' in capsys.readouterr().out
