@@ -59,9 +59,9 @@ def chain_with_weight_decay(
   The ``optax.chain`` of ``[l2 decay] -> belief -> [decoupled decay] ->
   scale_by_learning_rate -> [fixed decay]``: the building block of
   :func:`~adabelief_jax.adabelief` and of :mod:`adabelief_jax.compat`. With
-  ``check_hyperparams``, the learning rate and the weight decay (numbers,
-  traced values or schedules) are checked each time they are evaluated, at
-  every step.
+  ``check_hyperparams``, a learning rate or weight decay that is traced (under
+  ``optax.inject_hyperparams``) or a schedule is checked each time it is
+  evaluated, at every step; numbers are checked here.
   """
   _checks.check_scalar('learning_rate', learning_rate)
   _checks.check_scalar('weight_decay', weight_decay)
@@ -157,9 +157,10 @@ def adabelief(
     rounding_seed: the seed of the rounding bits, an integer >= 0.
     quantization_block_size: elements per scale of 8-bit moments, along the
       last axis.
-    check_hyperparams: if true, the hyperparameters (also the learning rate and
-      the weight decay, as numbers, traced values or schedules) are checked at
-      every step by a host callback that raises.
+    check_hyperparams: if true, the hyperparameters that construction cannot
+      check (traced by ``optax.inject_hyperparams``, or schedules of the
+      learning rate and the weight decay) are checked at every step by a host
+      callback that raises.
     track_stats: if true, the belief statistics of every update are kept in the
       state; read them with :func:`~adabelief_jax.belief_stats`.
 
