@@ -78,10 +78,30 @@ def check_scalar(name: str, value: Any, limits: Interval | None = None) -> None:
     return
   limits = LIMITS[name] if limits is None else limits
   array = np.asarray(value)
-  if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
+  # jnp.issubdtype knows bfloat16 (NumPy's does not count it as a number).
+  if array.ndim != 0 or not jnp.issubdtype(array.dtype, jnp.number):
     raise ValueError(f'{name} must be a real scalar, got {value!r}.')
   if np.iscomplexobj(array) or float(array) not in limits:
     raise ValueError(f'{name} must be a finite number {limits.explained()}; got {value!r}.')
+
+
+def check_wide(name: str, value: Any) -> None:
+  """Raises ``ValueError`` if ``value`` is an array of a float type narrower than float32.
+
+  ``optax.inject_hyperparams`` casts the hyperparameters to the parameters'
+  dtype: in float16, an ``eps`` of 1e-16 is 0 (a zero gradient then gives NaN);
+  in bfloat16, ``b2 = 0.999`` is 1.0 and ``b1 = 0.9`` 0.898.
+  """
+  dtype = getattr(value, 'dtype', None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits >= 32:
+    return
+  shown = 'traced' if isinstance(value, jax.core.Tracer) else repr(float(value))
+  raise ValueError(
+    f'{name} is a {dtype} array ({shown}): b1, b2, eps and eps_root need float32 at least '
+    '(eps = 1e-16 is 0 in float16, b2 = 0.999 is 1.0 in bfloat16). optax.inject_hyperparams '
+    "casts hyperparameters to the parameters' dtype: pass hyperparam_dtype=jnp.float32 to it; "
+    'otherwise pass a Python float.'
+  )
 
 
 def raise_if_invalid(values: dict[str, Any]) -> None:
@@ -96,6 +116,9 @@ def raise_if_invalid(values: dict[str, Any]) -> None:
         'so escaped the checks at construction.'
       )
 
+
+# Rounding bits hash the seed as a uint32.
+SEED_MAX = 2**32 - 1
 
 _STATE_DTYPES = 'float32, bfloat16, float64, int8 (8-bit blocks)'
 
@@ -129,17 +152,30 @@ def check_state_dtype(name: str, dtype: Any, *, real: bool) -> jnp.dtype | None:
     raise ValueError(
       f'{name} must be a real dtype (s is real for complex parameters); got {dtype!r}.'
     )
-  if real and canonical == jnp.float16:
+  wide = canonical.itemsize > 4 * (2 if jnp.issubdtype(canonical, jnp.complexfloating) else 1)
+  if wide and not jax.config.read('jax_enable_x64'):
     raise ValueError(
-      f'{name}=float16 would underflow: s values below 6e-8 (and eps_root) round to 0 in '
-      'float16, and the step m / sqrt(s) blows up. Use bfloat16 (stochastically rounded), '
-      'int8 or float32 for nu_dtype; float16 mu_dtype is fine.'
+      f'{name}={dtype!r} needs 64-bit JAX, which is off: JAX would store float32. Turn it '
+      "on first (jax.config.update('jax_enable_x64', True)), or use float32."
+    )
+  if canonical == jnp.float16:
+    # float16 stores nothing below 6e-8 and few bits below 6e-5, where bfloat16, of
+    # the same size, has float32's range (tests/test_low_memory.py measures both).
+    why = (
+      's values below 6e-8 (eps_root too) round to 0 in float16, and the step m / sqrt(s) blows up'
+      if real
+      else "m = (1 - b1) g of gradients below 6e-4 falls below float16's normal range (6e-5) "
+      'and loses bits, and below 6e-8 (gradients of 6e-7) it is stored as 0 or 6e-8'
+    )
+    raise ValueError(
+      f'{name}=float16 would underflow: {why}. Use bfloat16 (the same size, stochastically '
+      "rounded, with float32's range), int8 or float32."
     )
   return canonical
 
 
-def check_integer(name: str, value: Any, minimum: int) -> Any:
-  """A concrete ``value`` as a Python int >= ``minimum``; traced values as they are."""
+def check_integer(name: str, value: Any, minimum: int, maximum: int | None = None) -> Any:
+  """A concrete ``value`` as a Python int in [``minimum``, ``maximum``]; traced values as they are."""
   if isinstance(value, jax.core.Tracer):
     return value
   array = np.asarray(value)
@@ -150,8 +186,10 @@ def check_integer(name: str, value: Any, minimum: int) -> Any:
     or not np.isfinite(array)
     or array != np.round(array)
     or array < minimum
+    or (maximum is not None and array > maximum)
   ):
-    raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}.')
+    limits = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
+    raise ValueError(f'{name} must be an integer {limits}, got {value!r}.')
   return int(array)
 
 
@@ -175,6 +213,36 @@ def as_arrays(tree: Any) -> Any:
   """
   numeric = (int, float, complex, np.ndarray, np.generic)
   return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, numeric) else x, tree)
+
+
+def check_mask_type(mask: Any) -> None:
+  """Raises ``ValueError`` for a ``weight_decay_mask`` that is a single boolean.
+
+  One boolean for every parameter says nothing that ``None`` (decay everywhere)
+  or ``weight_decay=0`` does not, and it is what ``optax.inject_hyperparams``
+  makes of a mask function: it calls every callable argument with the step
+  count, as a schedule, and a mask of the count is one boolean.
+  """
+  if isinstance(mask, bool | np.bool_) or (
+    isinstance(mask, jax.Array | np.ndarray) and np.ndim(mask) == 0
+  ):
+    raise ValueError(
+      f'weight_decay_mask is a single boolean ({mask!r}): use None to decay every parameter, '
+      'or weight_decay=0 for none. With optax.inject_hyperparams, a mask function is called '
+      "with the step count as if it were a schedule: pass static_args=('weight_decay_mask',)."
+    )
+
+
+def describe_state(state: Any) -> str:
+  """A state's type as an error shows it: ``optax.ScaleByBeliefState``, ``tuple of (...)``."""
+
+  def name(x: Any) -> str:
+    package = type(x).__module__.split('.')[0]
+    return type(x).__name__ if package == 'builtins' else f'{package}.{type(x).__name__}'
+
+  if type(state) is tuple:
+    return f'a tuple of {len(state)}: ({", ".join(name(x) for x in state)})'
+  return name(state)
 
 
 def check_mask(mask: Any, params: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import chex
 
 from adabelief_jax import _checks
+from adabelief_jax._quantize import MIN_BLOCK
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,12 +45,17 @@ class BeliefHyperparams:
 
   def __post_init__(self) -> None:
     for name in ('b1', 'b2', 'eps', 'eps_root', 'sma_threshold'):
+      _checks.check_wide(name, getattr(self, name))
       _checks.check_scalar(name, getattr(self, name))
     for name, real in (('mu_dtype', False), ('nu_dtype', True)):
       dtype = _checks.check_state_dtype(name, getattr(self, name), real=real)
       object.__setattr__(self, name, dtype)
-    for name, minimum in (('rounding_seed', 0), ('quantization_block_size', 1)):
-      object.__setattr__(self, name, _checks.check_integer(name, getattr(self, name), minimum))
+    seed = _checks.check_integer('rounding_seed', self.rounding_seed, 0, _checks.SEED_MAX)
+    object.__setattr__(self, 'rounding_seed', seed)
+    block = _checks.check_integer(
+      'quantization_block_size', self.quantization_block_size, MIN_BLOCK
+    )
+    object.__setattr__(self, 'quantization_block_size', block)
 
   def numeric(self) -> dict[str, Any]:
     """The numeric hyperparameters ``check_hyperparams`` checks at every step."""

@@ -14,7 +14,7 @@ which XLA fuses into the update. Two formats:
 
 * :data:`SIGNED` (int8 codes -127..127: a sign and 7 bits): 3 mantissa bits,
   magnitudes from 1.9e-5 to 1 in steps of 1/16 to 1/8, and 0; for values of
-  either sign;
+  either sign; code -128 marks a non-finite value;
 * :data:`POSITIVE` (uint8 codes 1..255): 2 mantissa bits, from 8e-20 to 1, in
   steps of 1/8 to 1/4, for non-negative values that span many decades within
   a block and must never be stored as zero: values below the smallest code
@@ -46,6 +46,10 @@ import numpy as np
 # Leaves with fewer elements stay float32: their scales would cost more than
 # their codes save, and they are a negligible share of a large model's state.
 MIN_ELEMENTS = 4096
+# So do leaves whose last axis is shorter: with one float32 scale per block of
+# fewer elements, a (4096, 1) leaf would take 5 bytes per element. From 8, a
+# leaf takes at most 1.5 bytes per element.
+MIN_BLOCK = 8
 
 
 class Format(NamedTuple):
@@ -59,6 +63,11 @@ class Format(NamedTuple):
 
 SIGNED = Format(jnp.dtype(jnp.int8), 127, 3, 0)
 POSITIVE = Format(jnp.dtype(jnp.uint8), 255, 2, 1)
+# The SIGNED code that no value takes: a non-finite value, decoded as NaN, so that
+# a NaN or infinite first moment stays visible in the step, as in float32. A
+# POSITIVE moment (``s``) has no spare code: a non-finite one takes the top
+# code, and the step shows the non-finite first moment that caused it.
+NOT_FINITE = -128
 
 
 @functools.partial(
@@ -109,8 +118,23 @@ class Blocks(NamedTuple):
 
 
 def is_quantized(shape: tuple[int, ...]) -> bool:
-  """Whether a leaf of ``shape`` is large enough to be stored in 8 bits."""
-  return len(shape) >= 1 and math.prod(shape) >= MIN_ELEMENTS
+  """Whether a leaf of ``shape`` is stored in 8 bits: large enough, and with rows long
+  enough for blocks of :data:`MIN_BLOCK` elements."""
+  return len(shape) >= 1 and math.prod(shape) >= MIN_ELEMENTS and shape[-1] >= MIN_BLOCK
+
+
+def codes_intact(moment: QuantizedMoment) -> bool:
+  """Whether each leaf of ``moment`` holds 8-bit codes (or float32, if too small for blocks).
+
+  A tree map that casts the state (``jax.tree.map(lambda x: x.astype(...))``) turns
+  codes into numbers that would be read as moment values.
+  """
+  return all(
+    codes.dtype in (SIGNED.dtype, POSITIVE.dtype)
+    if is_quantized(codes.shape)
+    else codes.dtype == jnp.float32
+    for codes in jax.tree.leaves(moment.codes)
+  )
 
 
 def static_block_size(block_size: Any) -> int:
@@ -162,20 +186,27 @@ def block_max(x: jax.Array, block: int) -> jax.Array:
   On CPU a reduce-window, which XLA:CPU runs in one read of ``x`` where a
   reshape and a maximum keep a temporary copy; elsewhere a reshape and a
   maximum, which XLA:GPU emits as a reduction kernel where it loops over each
-  window of a reduce-window (both measured: benchmarks/RESULTS.md).
+  window of a reduce-window (both measured: benchmarks/RESULTS.md). A block
+  with a non-finite element may have a non-finite maximum (a reduce-window on
+  CPU may drop a NaN): :func:`encode` keeps such blocks as they were.
   """
   n = x.shape[-1]
   pad = [(0, 0)] * (x.ndim - 1) + [(0, -n % block)]
+  return jax.lax.platform_dependent(
+    x, cpu=lambda x: _windows(x, block, pad), default=lambda x: _rows(x, block, pad)
+  )
 
-  def windows(x: jax.Array) -> jax.Array:
-    window = (1,) * (x.ndim - 1) + (block,)
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, pad)
 
-  def rows(x: jax.Array) -> jax.Array:
-    padded = jnp.pad(x, pad)
-    return jnp.max(padded.reshape(*x.shape[:-1], padded.shape[-1] // block, block), axis=-1)
+def _windows(x: jax.Array, block: int, pad: list[tuple[int, int]]) -> jax.Array:
+  """:func:`block_max` on CPU: a reduce-window."""
+  window = (1,) * (x.ndim - 1) + (block,)
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, pad)
 
-  return jax.lax.platform_dependent(x, cpu=windows, default=rows)
+
+def _rows(x: jax.Array, block: int, pad: list[tuple[int, int]]) -> jax.Array:
+  """:func:`block_max` elsewhere: a reshape into blocks and a maximum."""
+  padded = jnp.pad(x, pad)
+  return jnp.max(padded.reshape(*x.shape[:-1], padded.shape[-1] // block, block), axis=-1)
 
 
 def _per_element(scales: jax.Array, block: int, n: int) -> jax.Array:
@@ -228,18 +259,32 @@ def _code(v: jax.Array, fmt: Format, bits16: jax.Array | None) -> jax.Array:
 
 
 def decode(q: Blocks) -> jax.Array:
-  """The leaf's values, float32."""
+  """The leaf's values, float32 (NaN where :func:`encode` stored a non-finite value)."""
   fmt = q.format
   codes = q.codes.astype(jnp.int32)
   magnitude = _magnitude(jnp.abs(codes), fmt)
   scale = _per_element(q.scales, q.block, q.shape[-1])
   if fmt is SIGNED:
     magnitude = jnp.where(codes < 0, -magnitude, magnitude)
+    magnitude = jnp.where(codes == NOT_FINITE, jnp.nan, magnitude)
   return magnitude * scale
 
 
-def encode(x: jax.Array, like: Blocks, scales: jax.Array, bits16: jax.Array | None) -> Blocks:
-  """``x`` (float32, ``|x|`` at most its block's entry of ``scales``) stored like ``like``."""
+def encode(
+  x: jax.Array,
+  like: Blocks,
+  scales: jax.Array,
+  bits16: jax.Array | None,
+  kept: jax.Array | None = None,
+) -> Blocks:
+  """``x`` (float32, ``|x|`` at most its block's entry of ``scales``) stored like ``like``.
+
+  A non-finite element of ``x`` is stored alone: its code is :data:`NOT_FINITE`
+  (the top code for POSITIVE). The blocks where ``kept`` is true (their scale
+  was bounded from a non-finite input) keep their scale and the codes of
+  their other elements from ``like``, unchanged for this step, rather than
+  lose them all.
+  """
   fmt = like.format
   # A reciprocal per block, multiplied by: an elementwise division would make
   # XLA keep intermediate arrays rather than recompute them.
@@ -248,4 +293,9 @@ def encode(x: jax.Array, like: Blocks, scales: jax.Array, bits16: jax.Array | No
   code = _code(v, fmt, bits16)
   if fmt is SIGNED:
     code = jnp.where(x < 0, -code, code)
+  if kept is not None:
+    code = jnp.where(_per_element(kept, like.block, x.shape[-1]), like.codes, code)
+    scales = jnp.where(kept, like.scales, scales)
+  if fmt is SIGNED:
+    code = jnp.where(jnp.isfinite(x), code, jnp.asarray(NOT_FINITE, fmt.dtype))
   return Blocks(code, scales, like.block)

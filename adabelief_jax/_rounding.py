@@ -78,7 +78,9 @@ def random_bits(
   element costs one multiply-add and one finalizer.
   """
   where = np.uint32(_mix_int(_mix_int(leaf) + stream * _GOLDEN))
-  key = _mix(_mix(jnp.asarray(seed).astype(jnp.uint32)) + where)
+  # A Python int up to 2^32 - 1 is a uint32 (jnp.asarray would make it an int32 and overflow).
+  seed = jnp.asarray(np.uint32(seed) if isinstance(seed, int) else seed).astype(jnp.uint32)
+  key = _mix(_mix(seed) + where)
   key = _mix(key ^ count.astype(jnp.uint32) * np.uint32(0xC2B2AE35))
   return _mix(element_index(shape) * np.uint32(_GOLDEN) + key)
 

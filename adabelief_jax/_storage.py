@@ -72,19 +72,26 @@ def load(moment: Moment, dtype: jnp.dtype) -> jax.Array:
 
 
 def store(
-  x: jax.Array, like: Moment, bits16: jax.Array | None, bound: jax.Array | None
+  x: jax.Array,
+  like: Moment,
+  bits16: jax.Array | None,
+  bound: jax.Array | None,
+  kept: jax.Array | None = None,
 ) -> tuple[Moment, jax.Array]:
   """``x`` rounded to the storage of ``like``: (as stored, as used, in x's dtype).
 
   ``bits16`` (16 random bits per element) rounds stochastically; ``None``
   rounds to nearest. 8-bit blocks take ``bound``, a bound of each block's
-  largest ``|x|`` (shaped like their scales), as their new scales; float
-  storage ignores it.
+  largest ``|x|`` (shaped like their scales), as their new scales, except
+  the blocks where ``kept`` is true, which keep their stored values but for
+  non-finite elements of ``x``; float storage ignores both.
   """
   if isinstance(like, _quantize.Blocks):
     if bound is None:
       raise ValueError('storing 8-bit blocks needs a bound of their magnitudes')
-    stored = _quantize.encode(x, like, bound, bits16)
+    # Codes are float32 bit patterns: a float64 value is encoded from float32.
+    f32 = jnp.float32
+    stored = _quantize.encode(x.astype(f32), like, bound.astype(f32), bits16, kept)
     return stored, _quantize.decode(stored).astype(x.dtype)
   stored_array = _rounding.round_to(x, like.dtype, bits16)
   return stored_array, stored_array.astype(x.dtype)
@@ -110,18 +117,26 @@ def block_bound(moment: Moment, block: int) -> jax.Array:
   return block_max(jnp.abs(moment), block)
 
 
-def made_as(moment: Any, requested: jnp.dtype) -> bool:
-  """Whether ``moment`` (a tree) is stored as ``requested`` makes it (int8: 8-bit blocks)."""
+def made_as(moment: Any, requested: jnp.dtype | None) -> bool:
+  """Whether ``moment`` (a tree) is stored as ``requested`` makes it: int8, 8-bit blocks
+  whose codes are 8-bit integers; a float dtype, arrays of it; ``None`` (the default),
+  float arrays of 32 bits or more (the default stores 16-bit parameters' moments in
+  float32)."""
   if requested == jnp.int8:
-    return isinstance(moment, QuantizedMoment)
+    return isinstance(moment, QuantizedMoment) and _quantize.codes_intact(moment)
   if isinstance(moment, QuantizedMoment):
     return False
+  if requested is None:
+    return all(jnp.finfo(leaf.dtype).bits >= 32 for leaf in jax.tree.leaves(moment))
   return all(leaf.dtype == requested for leaf in jax.tree.leaves(moment))
 
 
 def describe(moment: Any) -> str:
   """What a moment tree is stored as, for error messages."""
   if isinstance(moment, QuantizedMoment):
+    if not _quantize.codes_intact(moment):
+      codes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(moment.codes)})
+      return f'8-bit blocks whose codes are {", ".join(codes)} (cast by a tree map?)'
     return '8-bit blocks (int8)'
   dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(moment)})
   return ', '.join(dtypes) or 'no leaves'

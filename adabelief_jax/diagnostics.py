@@ -6,16 +6,15 @@ parameter and over all of them:
 
 * ``eps_dominated``: the fraction of elements whose step is momentum SGD
   rather than adaptive, because the epsilons make up at least half of its
-  denominator: :math:`\sqrt{\hat s_t} + \epsilon \le 2 (\sqrt{\hat s_\epsilon} +
-  \epsilon)`, where :math:`\hat s_\epsilon = \epsilon_{root} / (1 - \beta_2)` is
-  the :math:`\hat s_t` of an element whose gradient never deviated from its
-  momentum (``eps_root`` is added to ``s`` every step). With ``eps_root = 0``
-  this is :math:`\epsilon \ge \sqrt{\hat s_t}`; with ``eps = eps_root = 1e-8``
-  (the reference's image-classification setting) the floor
-  :math:`\sqrt{\hat s_\epsilon} \approx 3 \cdot 10^{-3}` is what competes with the
-  belief (exact: every element is counted);
+  denominator: ``sqrt(s_hat) + eps <= 2 * (sqrt(s_floor) + eps)``, where
+  ``s_floor = eps_root / (1 - b2)`` is the ``s_hat`` of an element whose
+  gradient never deviated from its momentum (``eps_root`` is added to ``s``
+  every step). With ``eps_root = 0`` this is ``eps >= sqrt(s_hat)``; with
+  ``eps = eps_root = 1e-8`` (the reference's image-classification setting)
+  the floor ``sqrt(s_floor)``, about 3e-3, is what competes with the belief
+  (exact: every element is counted);
 * ``sqrt_s_hat_median`` and ``sqrt_s_hat_p99``: the median and 99th
-  percentile of :math:`\sqrt{\hat s_t}` (the scale ``eps`` competes with);
+  percentile of ``sqrt(s_hat)`` (the scale ``eps`` competes with);
 * ``param_rms``: the RMS of the parameters the update was given;
 * ``update_rms``: the RMS of the last step as it was applied: the change of
   the parameters between the update before and this one, so the learning
@@ -28,8 +27,9 @@ parameter and over all of them:
   momentum-SGD steps before the threshold.
 
 Percentiles and root mean squares come from a strided sample of at most
-about 1024 elements of each parameter (``SAMPLE``; the whole parameter
-when smaller), the same elements at every step: what a dashboard needs. The
+1024 elements of each parameter (``SAMPLE``; the whole parameter when
+smaller; one element per shard of a parameter split in more shards), the same
+elements at every step: what a dashboard needs. The
 state keeps the last update's sample of each parameter, for ``update_rms``.
 The global statistics weight each parameter by its number of elements.
 :func:`~adabelief_jax.belief_stats` reads them from any optimizer state, as a flat dict
@@ -43,7 +43,9 @@ numbers and the step are those of an optimizer without statistics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -81,7 +83,7 @@ class BeliefStats(NamedTuple):
   Attributes:
     eps_dominated: the share of each parameter's elements whose step is
       momentum SGD because the epsilons dominate its denominator.
-    sqrt_s_hat_median: the median of :math:`\\sqrt{\\hat s_t}` over each
+    sqrt_s_hat_median: the median of ``sqrt(s_hat)`` over each
       parameter's sample.
     sqrt_s_hat_p99: its 99th percentile.
     update_rms: the RMS of the step last applied to each parameter, measured
@@ -114,34 +116,107 @@ class LeafSample(NamedTuple):
   size: int
 
 
-def _divisors(n: int) -> list[int]:
-  return [k for k in range(1, n + 1) if n % k == 0]
+def _root(budget: int, k: int) -> int:
+  """The largest integer ``r`` with ``r ** k <= budget`` (``budget >= 1``)."""
+  r = max(round(budget ** (1 / k)), 1)
+  while r**k > budget:  # The float root is off by at most one either way.
+    r -= 1
+  while (r + 1) ** k <= budget:
+    r += 1
+  return r
+
+
+def _sample_strides(lengths: Sequence[int], budget: int) -> list[int]:
+  """A stride for each axis of these (positive) lengths, so that the strided slice has
+  at most ``budget`` (>= 1) elements, spread over the axes as evenly as their
+  lengths allow.
+
+  An axis of length ``n`` allowed ``c`` elements has stride ``ceil(n / c)``,
+  so ``ceil(n / stride) <= c`` elements. Axes are taken shortest first, each
+  allowed the ``r``-th root of what is left of the budget (``r`` axes left):
+  short axes are taken whole and long ones share the rest. Those roots are
+  rounded down, which can leave most of the budget unused (seven axes of 3:
+  ``2**7 = 128`` of 1024), so each axis, longest first, then takes as many
+  elements as the others leave room for. No stride needs to divide its
+  length: the work is a few operations per axis whatever the lengths, where a
+  search over divisors is linear in them (and a prime length offers none).
+  An array of at most ``budget`` elements gets strides of 1: all of it.
+  """
+  strides, counts, left = [1] * len(lengths), list(lengths), budget
+  order = sorted(range(len(lengths)), key=lambda d: lengths[d])
+  for i, d in enumerate(order):
+    strides[d] = -(-lengths[d] // min(lengths[d], _root(left, len(order) - i)))
+    counts[d] = -(-lengths[d] // strides[d])
+    left //= counts[d]
+  total = math.prod(counts)
+  for d in reversed(order):
+    others = total // counts[d]
+    strides[d] = -(-lengths[d] // min(lengths[d], budget // others))
+    counts[d] = -(-lengths[d] // strides[d])
+    total = others * counts[d]
+  return strides
+
+
+class _Axes(NamedTuple):
+  """How an array's axes are split, as its type says: only ``Explicit`` mesh axes."""
+
+  mesh: Any  # The mesh of the array's sharding; None without one.
+  entries: list[Any]  # Each axis's PartitionSpec entry.
+  shards: list[int]  # Each axis's number of shards.
+
+
+def _axes(x: jax.Array) -> _Axes:
+  sharding = getattr(jax.typeof(x), 'sharding', None)
+  entries = (list(getattr(sharding, 'spec', ()) or ()) + [None] * x.ndim)[: x.ndim]
+  mesh = getattr(sharding, 'mesh', None)
+  sizes = dict(getattr(mesh, 'shape', {}) or {})
+  return _Axes(mesh, entries, [math.prod(sizes.get(a, 1) for a in axes_of(e)) for e in entries])
+
+
+def _within_shards(x: jax.Array, axes: _Axes, strides: list[int]) -> jax.Array:
+  """``x`` strided within each shard: every axis split in ``n > 1`` shards viewed as
+  ``(n, local length)`` (a reshape that follows the sharding: no data moves) and
+  strided along its local length, so that every shard gives the same local
+  indices and the slice runs where the shards are."""
+  shape, spec, index = [], [], []
+  for n, length, stride, entry in zip(axes.shards, x.shape, strides, axes.entries):
+    if n > 1:
+      shape.append(n)
+      spec.append(entry)
+      index.append(slice(None))
+    shape.append(length // n)
+    spec.append(None if n > 1 else entry)
+    index.append(slice(None, None, stride))
+  split = x.reshape(shape, out_sharding=NamedSharding(axes.mesh, PartitionSpec(*spec)))
+  return split[tuple(index)]
 
 
 def strided(x: jax.Array) -> jax.Array:
-  """About ``SAMPLE`` elements of ``x`` (all when fewer): every k-th index along its
-  largest axes, flattened.
+  """At most ``SAMPLE`` elements of ``x`` (all when it has no more): every k-th index
+  along each axis (:func:`_sample_strides`), flattened, the same at every step.
 
-  Strides divide each axis (a sharded axis: its shard), so that under
-  ``Explicit`` mesh axes the slice is shard-aligned; the small sample is then
-  replicated before it is flattened, which a sharded axis would not allow.
-  The elements depend on ``x``'s shape and sharding. An empty ``x`` has no
-  statistics: its sample is one NaN.
+  Shard-aligned: under ``Explicit`` mesh axes, an axis split in ``n`` shards
+  is strided within each shard (:func:`_within_shards`), so that the slice
+  needs no communication; the small sample is then replicated before it is
+  flattened, which a sharded axis would not allow. Where the strides of the
+  unsharded ``x`` divide the shards' lengths, these are the elements of the
+  unsharded ``x``, so that statistics do not change with the placement (with
+  ZeRO-1, say); elsewhere, each shard's strides come from its own length
+  and a share of ``SAMPLE`` (one element per shard for a leaf of more shards).
+  The strides cost a few operations per axis, whatever the shape. An empty
+  ``x`` has no statistics: its sample is one NaN.
   """
   if x.size == 0:
     return jnp.full((1,), jnp.nan, x.dtype)
-  sharding = getattr(jax.typeof(x), 'sharding', None)
-  spec = list(getattr(sharding, 'spec', ()) or ()) + [None] * x.ndim
-  mesh_shape = dict(getattr(getattr(sharding, 'mesh', None), 'shape', {}) or {})
-  shards = [int(np.prod([mesh_shape.get(a, 1) for a in axes_of(e)])) for e in spec[: x.ndim]]
-  strides, factor = [1] * x.ndim, -(-x.size // SAMPLE)
-  for dim in sorted(range(x.ndim), key=lambda d: -x.shape[d]):
-    k = max(d for d in _divisors(x.shape[dim] // shards[dim]) if d <= factor)
-    strides[dim], factor = k, -(-factor // k)
-  sample = x[tuple(slice(None, None, k) for k in strides)]
-  if any(n > 1 for n in shards) and sharding is not None:
-    sample = jax.sharding.reshard(sample, NamedSharding(sharding.mesh, PartitionSpec()))
-  return sample.reshape(-1)
+  axes = _axes(x)
+  strides = _sample_strides(x.shape, SAMPLE)
+  if all(n == 1 for n in axes.shards):
+    return x[tuple(slice(None, None, k) for k in strides)].reshape(-1)
+  local = [length // n for length, n in zip(x.shape, axes.shards)]
+  if any(m % k for m, k, n in zip(local, strides, axes.shards) if n > 1):
+    strides = _sample_strides(local, max(SAMPLE // math.prod(axes.shards), 1))
+  sample = _within_shards(x, axes, strides)
+  return jax.sharding.reshard(sample, NamedSharding(axes.mesh, PartitionSpec())).reshape(-1)
 
 
 def no_sample(param: Any) -> jax.Array:
@@ -163,7 +238,7 @@ def leaf_sample(
 
   ``s`` is the whole second moment its step divides by, and an element is
   eps-dominated where ``sqrt(s) <= bound``; ``s_sample`` its sample, and
-  ``sqrt_bias_correction`` turns ``sqrt(s)`` into :math:`\\sqrt{\\hat s_t}`.
+  ``sqrt_bias_correction`` turns ``sqrt(s)`` into ``sqrt(s_hat)``.
   ``param_sample`` is the sample of the parameter this update was given
   (``None`` without params), ``last_param`` the one the last update that had
   params was given (NaN before any: no step is measured then).
@@ -180,7 +255,7 @@ def leaf_sample(
   return LeafSample(dominated, sqrt_s_hat, param_sample, step, s.size)
 
 
-def param_sample(param: jax.Array, last_param: jax.Array) -> jax.Array:
+def param_sample(param: jax.Array, last_param: jax.Array, where: str) -> jax.Array:
   """:func:`strided`'s sample of ``param``, computed once for every statistic that uses it.
 
   A select with ``last_param`` (the sample of the last update, taken only
@@ -189,8 +264,20 @@ def param_sample(param: jax.Array, last_param: jax.Array) -> jax.Array:
   recomputed in each of them: every such read of the parameter then has to
   come before the parameter's update in place, or XLA:CPU copies the
   parameter (benchmarks/RESULTS.md).
+
+  Raises ``ValueError`` naming ``params<where>`` if ``param`` is sampled
+  otherwise than ``last_param`` was: the sample follows the sharding where
+  the strides do not divide the shards, and the state was made for another.
   """
   sample = strided(param)
+  if sample.shape != last_param.shape:
+    raise ValueError(
+      f'scale_by_belief(track_stats=True): params{where} is sampled as {sample.shape} here '
+      f'but as {last_param.shape} in the state: it is sharded otherwise than when the state '
+      'was made (the sample is shard-aligned under Explicit mesh axes). Initialize the state '
+      'with the parameters sharded as the update sees them (e.g. '
+      'adabelief_jax.sharding.init_sharded(tx, params)).'
+    )
   last = _resharded_like(last_param, sample).astype(sample.dtype)
   return jnp.where(jnp.isnan(sample) & jnp.isnan(last), last, sample)
 
@@ -360,46 +447,95 @@ def zeros(params: Any) -> BeliefStats:
   return BeliefStats(**per_param, overall=overall, last_params=jax.tree.map(no_sample, params))
 
 
-def _path(path: Any) -> str:
-  """A parameter's path as 'layer/0/kernel' (a Flax NNX Variable's final '.value' left out)."""
+def _readable(path: Any) -> str:
+  """A parameter's path as 'layer/0/kernel' (a Flax NNX Variable's final '.value' left out).
+
+  Dict keys, attribute names and indices, the flat index of a child of a node
+  registered without keys (``jax.tree_util.register_pytree_node``), and any
+  other key as ``str`` writes it.
+  """
   if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == 'value':
     path = path[:-1]
   parts = []
   for key in path:
-    if isinstance(key, jax.tree_util.DictKey):
+    if isinstance(key, jax.tree_util.DictKey | jax.tree_util.FlattenedIndexKey):
       parts.append(str(key.key))
     elif isinstance(key, jax.tree_util.GetAttrKey):
       parts.append(key.name)
     elif isinstance(key, jax.tree_util.SequenceKey):
       parts.append(str(key.idx))
+    else:
+      parts.append(str(key))
   return '/'.join(parts)
 
 
+# The name of the statistics over all the parameters, in the keys of belief_stats.
+GLOBAL = 'global'
+
+
+def _spelled(path: Any, index: int, level: int) -> str:
+  """Parameter number ``index``'s name: readable, its key path, or that and its index."""
+  if level == 0:
+    return _readable(path)
+  return jax.tree_util.keystr(path) + (f'#{index}' if level == 2 else '')
+
+
+def _names(paths: list[Any]) -> list[str]:
+  """The parameters' names in :func:`belief_stats`' keys, one per path, all different
+  and none :data:`GLOBAL`.
+
+  A parameter is named by its readable path (``'dense/kernel'``), unless that
+  name is also another parameter's (``{'a/b': x, 'a': {'b': y}}``) or
+  ``'global'``: then by ``jax.tree_util.keystr`` (``"['global']"``), which
+  differs for different paths of one tree (a key type whose ``str`` makes two
+  alike: the leaf's index is added). A name that one so spelled collides with
+  is spelled so in turn, until none collides.
+  """
+  levels = [0] * len(paths)
+  out = [_readable(path) for path in paths]
+  while True:
+    counts = collections.Counter([*out, GLOBAL])
+    clashing = [i for i, name in enumerate(out) if counts[name] > 1 and levels[i] < 2]
+    if not clashing:
+      return out
+    for i in clashing:
+      levels[i] += 1
+      out[i] = _spelled(paths[i], i, levels[i])
+
+
 def _flat(stats: BeliefStats, prefix: str) -> dict[str, jax.Array]:
-  """One transformation's statistics as ``{'<prefix><path>/<name>': scalar}``."""
+  """One transformation's statistics as ``{'<prefix><name>/<statistic>': scalar}``,
+  ``<name>`` a parameter's (:func:`_names`) or :data:`GLOBAL`."""
+  columns = {
+    stat: jax.tree_util.tree_flatten_with_path(getattr(stats, stat))[0] for stat in PER_PARAM
+  }
+  where = [f'{prefix}{name}/' for name in _names([path for path, _ in columns[PER_PARAM[0]]])]
   out = {}
-  for name in PER_PARAM:
-    for path, value in jax.tree_util.tree_flatten_with_path(getattr(stats, name))[0]:
-      out[f'{prefix}{_path(path)}/{name}'] = value
-  for key in [k for k in out if k.endswith('/update_rms')]:
-    where = key[: -len('update_rms')]
-    out[f'{where}update_to_param_rms'] = out[key] / out[f'{where}param_rms']
-  for name, value in stats.overall._asdict().items():
-    out[f'{prefix}global/{name}'] = value
+  for stat in PER_PARAM:
+    out.update({f'{w}{stat}': value for w, (_, value) in zip(where, columns[stat])})
+  for w in where:
+    out[f'{w}update_to_param_rms'] = out[f'{w}update_rms'] / out[f'{w}param_rms']
+  for stat, value in stats.overall._asdict().items():
+    out[f'{prefix}{GLOBAL}/{stat}'] = value
   ratio = stats.overall.update_rms / stats.overall.param_rms
-  out[f'{prefix}global/update_to_param_rms'] = ratio
+  out[f'{prefix}{GLOBAL}/update_to_param_rms'] = ratio
   return out
 
 
 def belief_stats(opt_state: Any) -> dict[str, jax.Array]:
   """The belief statistics in ``opt_state``, as a flat dict of scalars for a logger.
 
-  Finds the :class:`~adabelief_jax.diagnostics.BeliefStats` of every :func:`~adabelief_jax.scale_by_belief`
-  made with ``track_stats=True`` anywhere in the state (chains, ``masked``,
-  ``MultiSteps``, ``inject_hyperparams``, ``apply_if_finite``, ``nnx.Optimizer``'s
+  Finds the :class:`~adabelief_jax.diagnostics.BeliefStats` of every
+  :func:`~adabelief_jax.scale_by_belief` made with ``track_stats=True``
+  anywhere in the state (chains, ``masked``, ``MultiSteps``,
+  ``inject_hyperparams``, ``apply_if_finite``, ``nnx.Optimizer``'s
   ``opt_state``...). Keys are ``'<parameter path>/<statistic>'`` (e.g.
-  ``'dense/kernel/eps_dominated'``) and ``'global/<statistic>'``; with several
-  such transformations, each key starts with its index (``'0/'``, ``'1/'``...).
+  ``'dense/kernel/eps_dominated'``) and ``'global/<statistic>'``; a parameter
+  whose path would give another's keys or the global ones (one named
+  ``'global'``, a dict key holding a ``/``) is named by its
+  ``jax.tree_util.keystr`` instead (``"['global']/eps_dominated"``). With
+  several such transformations, each key starts with its index (``'0/'``,
+  ``'1/'``...).
   The statistics are those of the last update (zeros before the first). See
   :mod:`adabelief_jax.diagnostics` for what each means.
 

@@ -80,6 +80,8 @@ class _Bounds(NamedTuple):
   mu: jax.Array | None = None
   nu: jax.Array | None = None
   nu_max: jax.Array | None = None
+  # The blocks bounded from a non-finite input, which keep their stored moments.
+  kept: jax.Array | None = None
 
 
 def _bounds(g: jax.Array, leaf: _Leaf, c: StepScalars) -> tuple[_Bounds, Any]:
@@ -90,7 +92,12 @@ def _bounds(g: jax.Array, leaf: _Leaf, c: StepScalars) -> tuple[_Bounds, Any]:
   measured): ``|m_t| <= b1 M + (1 - b1) G =: M'``, and since ``|g - m_t| <= G
   + M'``, ``s_t <= b2 S + (1 - b2) (G + M')^2 + eps_root``. No reduction over
   the new moments is needed. A float ``m`` measured so is read before it is
-  updated in place: the ``m`` returned is ordered after that read.
+  updated in place: the ``m`` returned is ordered after that read. A block
+  whose bounds come from a non-finite gradient (or old ``m``) is ``kept``: its
+  8-bit moments stay as they were for this step, but for its non-finite
+  elements. (The predicate reads the inputs, not the bounds: a select on the
+  bounds changes how XLA contracts their arithmetic, differently sharded and
+  not, which would break ZeRO-1's bit-identity.)
   """
   _, m, s, s_max = leaf
   block = next((b for b in map(_storage.block_length, (m, s, s_max)) if b is not None), None)
@@ -103,11 +110,13 @@ def _bounds(g: jax.Array, leaf: _Leaf, c: StepScalars) -> tuple[_Bounds, Any]:
     m = _after(m, [m_old])
   m_bound = jnp.asarray(c.b1 * m_old + c.one_minus_b1 * g_max)
   if _storage.block_length(s) is None:
-    return _Bounds(mu=m_bound if m_in_blocks else None), m
+    kept = ~jnp.isfinite(g_max + m_old)
+    return _Bounds(mu=m_bound if m_in_blocks else None, kept=kept), m
   s_old = _storage.block_bound(s, block)
   s_bound = jnp.asarray(c.b2 * s_old + (c.one_minus_b2 * jnp.square(g_max + m_bound) + c.eps_root))
   s_max_bound = None if s_max is None else jnp.maximum(_storage.block_bound(s_max, block), s_bound)
-  return _Bounds(m_bound if m_in_blocks else None, s_bound, s_max_bound), m
+  kept = ~jnp.isfinite(g_max + m_old + s_old)
+  return _Bounds(m_bound if m_in_blocks else None, s_bound, s_max_bound, kept), m
 
 
 def _moments(leaf: _Leaf, c: StepScalars, bits: list[jax.Array | None]) -> _Leaf:
@@ -125,18 +134,18 @@ def _moments(leaf: _Leaf, c: StepScalars, bits: list[jax.Array | None]) -> _Leaf
   g = leaf.update.astype(dtype)
   bound, m = _bounds(g, leaf, c)
   m_new, m_t = _storage.store(
-    c.b1 * _storage.load(m, dtype) + c.one_minus_b1 * g, leaf.mu, bits[0], bound.mu
+    c.b1 * _storage.load(m, dtype) + c.one_minus_b1 * g, leaf.mu, bits[0], bound.mu, bound.kept
   )
   d = g - m_t
   d2 = d.real * d.real + d.imag * d.imag if jnp.iscomplexobj(d) else d * d
   # This association lets XLA update s in place, where the others keep a copy
   # of the old s (benchmarks/RESULTS.md).
   s_sum = c.b2 * _storage.load(leaf.nu, real) + (c.one_minus_b2 * d2 + c.eps_root)
-  s_new, s_t = _storage.store(s_sum, leaf.nu, bits[1], bound.nu)
+  s_new, s_t = _storage.store(s_sum, leaf.nu, bits[1], bound.nu, bound.kept)
   s_max = leaf.nu_max
   if s_max is not None:
     s_max_sum = jnp.maximum(_storage.load(s_max, real), s_t)
-    s_max, _ = _storage.store(s_max_sum, s_max, bits[2], bound.nu_max)
+    s_max, _ = _storage.store(s_max_sum, s_max, bits[2], bound.nu_max, bound.kept)
   return _Leaf(g, m_new, s_new, s_max)
 
 
@@ -194,18 +203,22 @@ def _check_state(state: optax.OptState, hp: BeliefHyperparams) -> BeliefState:
   named instead.
   """
   if not isinstance(state, BeliefState):
-    hint = (
-      ' A checkpoint restored without a target gives dicts and lists.'
-      if isinstance(state, dict | list)
-      else " It is another transformation's state: the chain's transformations are in another "
-      "order than when the state was made; inside adabelief, another weight_decay_mode ('l2' "
-      "puts the weight decay before scale_by_belief, 'decoupled' and 'fixed' after)."
-    )
-    package = type(state).__module__.split('.')[0]
-    got = type(state).__name__ if package == 'builtins' else f'{package}.{type(state).__name__}'
+    if isinstance(state, dict | list):
+      hint = ' A checkpoint restored without a target gives dicts and lists.'
+    elif type(state).__name__ == 'ScaleByBeliefState':
+      hint = (
+        ' It was made by optax.scale_by_belief (or optax.adabelief), whose state this '
+        'optimizer does not read.'
+      )
+    else:
+      hint = (
+        " It is another transformation's state: the chain's transformations are in another "
+        "order than when the state was made; inside adabelief, another weight_decay_mode ('l2' "
+        "puts the weight decay before scale_by_belief, 'decoupled' and 'fixed' after)."
+      )
     raise TypeError(
       'scale_by_belief: the state must be the adabelief_jax.BeliefState its init made, got '
-      f'{got}.{hint} {_REBUILD}'
+      f'{_checks.describe_state(state)}.{hint} {_REBUILD}'
     )
   for name, made in (('amsgrad', state.nu_max), ('track_stats', state.stats)):
     if isinstance(made, optax.EmptyState) == getattr(hp, name):
@@ -216,10 +229,16 @@ def _check_state(state: optax.OptState, hp: BeliefHyperparams) -> BeliefState:
       )
   for name, moment in (('mu_dtype', state.mu), ('nu_dtype', state.nu)):
     requested = getattr(hp, name)
-    if requested is not None and not _storage.made_as(moment, requested):
+    made_with = getattr(moment, 'block_size', hp.quantization_block_size)
+    if requested == jnp.int8 and made_with != hp.quantization_block_size:
       raise ValueError(
-        f'scale_by_belief: {name}={requested}, but the state holds '
-        f'{_storage.describe(moment)}. {_REBUILD}'
+        f'scale_by_belief: quantization_block_size={hp.quantization_block_size}, but the '
+        f'state was made with {made_with}. {_REBUILD}'
+      )
+    if not _storage.made_as(moment, requested):
+      asked = f'{name}={requested}' if requested else f'{name}=None (float32 or wider)'
+      raise ValueError(
+        f'scale_by_belief: {asked}, but the state holds {_storage.describe(moment)}. {_REBUILD}'
       )
   return state
 
@@ -280,19 +299,15 @@ def _statistics(
   own units the bound is ``2 sqrt(that) + eps_scaled``.
   """
   samples, kept = [], []
-  leaves = zip(stored, casts, params, treedef.flatten_up_to(last.last_params))
-  for index, (x, c, param, last_param) in enumerate(leaves):
+  paths = [
+    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(last.last_params)
+  ]
+  leaves = zip(stored, casts, params, treedef.flatten_up_to(last.last_params), paths)
+  for x, c, param, last_param, where in leaves:
     s = _used(x)[2]
     floor = c.eps_root * jnp.square(c.sqrt_bias_correction2) / c.one_minus_b2
     bound = jnp.asarray(2 * jnp.sqrt(floor) + c.eps_scaled)
-    param_sample = None if param is None else diagnostics.param_sample(param, last_param)
-    if param_sample is not None and param_sample.shape != last_param.shape:
-      raise ValueError(
-        f'scale_by_belief(track_stats=True): parameter {index} is sampled as {param_sample.shape} '
-        f'here but as {last_param.shape} by init: its sharding differs between init and update '
-        '(the sample is shard-aligned under Explicit mesh axes). Initialize the state with the '
-        'parameters sharded as the update sees them.'
-      )
+    param_sample = None if param is None else diagnostics.param_sample(param, last_param, where)
     samples.append(
       diagnostics.leaf_sample(
         s,
@@ -370,10 +385,11 @@ def _check_params(params: Any, hp: BeliefHyperparams) -> None:
     complex_param = jnp.issubdtype(param.dtype, jnp.complexfloating)
     complex_mu = hp.mu_dtype is not None and jnp.issubdtype(hp.mu_dtype, jnp.complexfloating)
     where = jax.tree_util.keystr(path) or '<root>'
-    if complex_param and hp.mu_dtype == jnp.int8:
+    if complex_param and hp.mu_dtype is not None and not complex_mu:
       raise ValueError(
-        f'mu_dtype=int8 stores real moments, but params{where} is complex ({param.dtype}): '
-        'complex parameters need a float mu_dtype.'
+        f'mu_dtype={hp.mu_dtype} stores real moments, but params{where} is complex '
+        f'({param.dtype}): the first moment of a complex parameter is complex. Use a complex '
+        'mu_dtype (complex64) or None (the parameter dtype).'
       )
     if complex_mu and not complex_param:
       raise ValueError(
@@ -414,7 +430,10 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     def moment(field: str) -> Any:
       return _storage.tree(getattr(state, field), treedef, [getattr(n, field) for n in new])
 
-    u = jax.tree.unflatten(treedef, [n.update.astype(x.update.dtype) for n, x in zip(new, leaves)])
+    # In the compute dtype: the unscaled step of a 16-bit gradient can exceed float16's
+    # range (it reaches g / sqrt(eps_root / (1 - b2))); it is narrowed, if at all, once
+    # the learning rate has scaled it.
+    u = jax.tree.unflatten(treedef, [n.update for n in new])
     nu_max = moment('nu_max') if hp.amsgrad else state.nu_max
     return u, BeliefState(count, moment('mu'), moment('nu'), nu_max, stats)
 
@@ -442,65 +461,65 @@ def scale_by_belief(
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the AdaBelief rule (Zhuang et al., 2020).
 
-  For each leaf, at step :math:`t = 1, 2, \dots` with gradient :math:`g_t`:
+  For each leaf, at step ``t = 1, 2, ...`` with gradient ``g``::
 
-  .. math::
+    m_t   = b1 * m_{t-1} + (1 - b1) * g
+    s_t   = b2 * s_{t-1} + (1 - b2) * |g - m_t|^2 + eps_root
+    m_hat = m_t / (1 - b1^t),   s_hat = s_t / (1 - b2^t)
+    u_t   = m_hat / (sqrt(s_hat) + eps)
 
-    m_t &= b_1 m_{t-1} + (1 - b_1) g_t \\
-    s_t &= b_2 s_{t-1} + (1 - b_2) |g_t - m_t|^2 + \epsilon_{root} \\
-    \hat m_t &= m_t / (1 - b_1^t), \quad \hat s_t = s_t / (1 - b_2^t) \\
-    u_t &= \hat m_t / (\sqrt{\hat s_t} + \epsilon)
-
-  The output is :math:`u_t`; chain with ``optax.scale_by_learning_rate`` (which
-  negates) to obtain the step :math:`-\eta u_t`.
+  The output is ``u_t``; chain with ``optax.scale_by_learning_rate`` (which
+  negates) to obtain the step ``-lr * u_t``.
 
   Unlike Adam's, AdaBelief's ``eps`` values are compared with a square root of
-  ``s``: ``eps_root`` (the paper's :math:`\epsilon`, added to ``s`` every step)
+  ``s``: ``eps_root`` (the paper's epsilon, added to ``s`` every step)
   of 1e-16 plays the role of Adam's eps of 1e-8.
 
-  The arithmetic is done in at least float32 whatever the parameters' dtype;
-  updates come back in the gradients' dtype. Complex leaves use
-  :math:`|g - m|^2 = (g - m) \overline{(g - m)}` and a real ``s``.
+  The arithmetic is done in at least float32 whatever the parameters' dtype,
+  and the updates come back in that dtype (float32 for 16-bit gradients): the
+  unscaled step can exceed float16's range; ``optax.apply_updates`` rounds the
+  scaled step to the parameters' dtype. Complex leaves use
+  ``|g - m|^2 = (g - m) * conj(g - m)`` and a real ``s``.
 
   Args:
-    b1: the decay of the first moment :math:`m`, in (0, 1). Zero is refused:
+    b1: the decay of the first moment ``m``, in (0, 1). Zero is refused:
       the momentum would be the gradient itself, the prediction error
-      :math:`g - m` always 0 and :math:`s` only ``eps_root``.
-    b2: the decay of :math:`s`, the moving average of the squared prediction
+      ``g - m`` always 0 and ``s`` only ``eps_root``.
+    b2: the decay of ``s``, the moving average of the squared prediction
       error, in [0, 1).
-    eps: added to :math:`\sqrt{\hat s_t}` in the denominator, >= 0.
-    eps_root: added to :math:`s_t` at every step, >= 0 (the paper's
-      :math:`\epsilon`). It must be positive to differentiate through the
-      update (meta-learning), where :math:`\sqrt{s}` at 0 has no derivative.
-    amsgrad: if true, :math:`\hat s_t` is computed from the running maximum
-      :math:`\max_{k \le t} s_k` (AMSGrad), kept in the state as ``nu_max``.
+    eps: added to ``sqrt(s_hat)`` in the denominator, >= 0.
+    eps_root: added to ``s_t`` at every step, >= 0 (the paper's epsilon). It
+      must be positive to differentiate through the update (meta-learning),
+      where ``sqrt(s)`` at 0 has no derivative.
+    amsgrad: if true, ``s_hat`` is computed from the running maximum of ``s``
+      over the steps so far (AMSGrad), kept in the state as ``nu_max``.
     rectify: if true, RAdam's variance rectification, as in adabelief-pytorch:
-      with :math:`\rho_\infty = 2/(1-b_2) - 1` and :math:`\rho_t = \rho_\infty
-      - 2 t b_2^t / (1 - b_2^t)`, steps with :math:`\rho_t \ge` ``sma_threshold``
-      are multiplied by :math:`r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)
-      \rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}`, and earlier steps
-      follow ``degenerate_to_sgd``.
-    sma_threshold: the :math:`\rho_t` from which rectified steps are adaptive,
+      with ``rho_inf = 2 / (1 - b2) - 1`` and
+      ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``, steps with
+      ``rho_t >= sma_threshold`` are multiplied by
+      ``r_t = sqrt((rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) (rho_inf - 2) rho_t))``,
+      and earlier steps follow ``degenerate_to_sgd``.
+    sma_threshold: the ``rho_t`` from which rectified steps are adaptive,
       a number > 4.
     degenerate_to_sgd: with ``rectify``, the steps before the threshold are
-      momentum-SGD steps, :math:`u_t = \hat m_t`, if true, and no steps if false.
-    nesterov: if true, Nesterov momentum, :math:`\hat m_t = b_1 m_t / (1 -
-      b_1^{t+1}) + (1 - b_1) g_t / (1 - b_1^t)`, as
+      momentum-SGD steps, ``u_t = m_hat``, if true, and no steps if false.
+    nesterov: if true, Nesterov momentum,
+      ``m_hat = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g / (1 - b1^t)``, as
       ``optax.scale_by_belief(nesterov=True)``.
-    mu_dtype: how :math:`m` is stored: a float dtype (``'bfloat16'``,
+    mu_dtype: how ``m`` is stored: a float dtype (``'bfloat16'``,
       ``jnp.float32``...), or ``'int8'`` for 8-bit codes with one float32 scale
       per block (3 mantissa bits relative to the block's scale). By default,
       float32 for 16-bit parameters and the parameter's dtype otherwise.
-    nu_dtype: how :math:`s` (and its AMSGrad maximum) is stored, likewise, real;
-      in 8 bits, 2 mantissa bits over 63 powers of two, a positive :math:`s`
-      never stored as zero. float16 is refused: an :math:`s` of 1e-16 is zero
-      in float16, and the step :math:`m / \sqrt{s}` then blows up.
+    nu_dtype: how ``s`` (and its AMSGrad maximum) is stored, likewise, real;
+      in 8 bits, 2 mantissa bits over 63 powers of two, a positive ``s``
+      never stored as zero. float16 is refused: an ``s`` of 1e-16 is zero
+      in float16, and the step ``m / sqrt(s)`` then blows up.
     stochastic_rounding: if true, every store into a narrower format than the
       compute dtype (bfloat16, float16, 8-bit codes) rounds stochastically,
       exact in expectation, with bits hashed from (``rounding_seed``, step,
       leaf, element index): no key in the state, bit-reproducible runs, the
       same bits whatever the sharding. If false, stores round to nearest, with
-      which a bfloat16 :math:`s` stops decaying (``0.999 * s`` rounds back to
+      which a bfloat16 ``s`` stops decaying (``0.999 * s`` rounds back to
       ``s``). The step uses the moments as stored.
     rounding_seed: the seed of the rounding bits, an integer >= 0.
     quantization_block_size: the number of elements per scale along the last
@@ -513,7 +532,7 @@ def scale_by_belief(
       ``optax.inject_hyperparams``, which construction cannot check.
     track_stats: if true, the belief statistics of every update are kept in the
       state (the share of eps-dominated elements, percentiles of
-      :math:`\sqrt{\hat s_t}`, the RMS of the step and of the parameters: see
+      ``sqrt(s_hat)``, the RMS of the step and of the parameters: see
       :mod:`adabelief_jax.diagnostics`); read them with
       :func:`~adabelief_jax.belief_stats`. It costs step time and a small sample
       of each parameter in the state.

@@ -205,7 +205,8 @@ def resolve(value: ScalarOrSchedule, k: int) -> float:
 
 
 SIGNIFICANT_BITS = {'bfloat16': 8, 'float32': 24}
-INT8_MIN_ELEMENTS = 4096  # Smaller leaves keep 8-bit state in float32.
+INT8_MIN_ELEMENTS = 4096  # Smaller leaves keep 8-bit state in float32,
+INT8_MIN_ROW = 8  # and so do leaves of shorter rows (last axis).
 # kind -> (mantissa bits, largest code, lowest code of a positive value).
 INT8_FORMATS = {'signed': (3, 127, 0), 'nonnegative': (2, 255, 1)}
 
@@ -426,7 +427,7 @@ def leaf_direction(
     raise ValueError(f'step t must be >= 1, got {t}')
   g = as_float64(g)
   block = quantization_block_size
-  blocks = g.ndim >= 1 and g.size >= INT8_MIN_ELEMENTS
+  blocks = g.ndim >= 1 and g.size >= INT8_MIN_ELEMENTS and g.shape[-1] >= INT8_MIN_ROW
   quantized = (mu_format == 'int8' and blocks, nu_format == 'int8' and blocks)
   quantized += (amsgrad and quantized[1],)
   scales: tuple[np.ndarray | None, ...] = (None, None, None)

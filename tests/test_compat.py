@@ -341,6 +341,33 @@ def test_parity_other_betas_and_large_eps():
   _parity_fixed_grads(OTHER_HYPER, STEPS, 4, 'other betas, eps=0.1')
 
 
+# PyTorch takes betas as any pair it can index: so does compat, traced ones included.
+BETAS = {
+  'numpy': np.array([0.8, 0.99]),
+  'jax-float32': jnp.asarray([0.8, 0.99]),
+  'torch': torch.tensor([0.8, 0.99], dtype=torch.float64),
+}
+
+
+def test_parity_with_betas_as_any_pair_of_reals():
+  """Each form of betas gives the reference's parameters with the same two numbers
+  (the arrays were refused: 'betas must be a pair'), also traced through
+  optax.inject_hyperparams."""
+  steps, params = 30, _params()
+  grads = _grads(params, steps, seed=5)
+  txs = [compat.adabelief_pytorch(lr=LR, betas=betas) for betas in BETAS.values()]
+  txs.append(optax.inject_hyperparams(compat.adabelief_pytorch)(lr=LR, betas=BETAS['numpy']))
+  got = jax.device_get(
+    jax.jit(lambda p, g: _scan_all(txs, p, steps, lambda p, g: g, xs=g))(params, grads)
+  )
+  results = {}
+  for (name, betas), got_betas in zip([*BETAS.items(), ('injected', BETAS['numpy'])], got):
+    pair = tuple(float(b) for b in betas)  # As the reference reads them.
+    want = _reference(params, steps, _fixed_grads(grads), lr=LR, betas=pair)
+    results[name] = (got_betas, want, params)
+  _check(results, 'betas as arrays')
+
+
 # ----------------------------------------------------------------------------
 # Schedules: torch LambdaLR (and group['weight_decay'] set every step) vs optax schedules.
 
@@ -413,8 +440,24 @@ def test_defaults_match_reference_constructor():
     (dict(eps=-1e-8), ['eps', '-1e-08'], True),
     # The reference does not check weight_decay; compat does.
     (dict(weight_decay=-0.1), ['weight_decay', '-0.1'], False),
+    # Not a pair: refused by name (the reference fails at its first step, or indexes a string).
+    (dict(betas=np.array([0.9, 0.999, 0.5])), ['betas', '0.5'], False),
+    (dict(betas=(0.9,)), ['betas', '(0.9,)'], False),
+    (dict(betas=None), ['betas', 'None'], False),
+    (dict(betas=np.array([[0.9], [0.999]])), ['betas[0]', '0.9'], False),
   ],
-  ids=['beta1=1', 'beta1<0', 'beta2=1', 'lr<0', 'eps<0', 'weight_decay<0'],
+  ids=[
+    'beta1=1',
+    'beta1<0',
+    'beta2=1',
+    'lr<0',
+    'eps<0',
+    'weight_decay<0',
+    'betas-of-3',
+    'betas-of-1',
+    'betas-None',
+    'betas-2x1',
+  ],
 )
 def test_invalid_arguments_raise_naming_them(kwargs, needles, reference_raises):
   with pytest.raises(ValueError) as info:

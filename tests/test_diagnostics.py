@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import adabelief_jax
 from adabelief_jax import _storage, belief_stats, diagnostics, scale_by_belief, sharding
@@ -183,11 +186,12 @@ def test_update_rms_is_measured_only_between_updates_given_params():
 
 
 def test_update_rms_shows_bfloat16_parameters_that_do_not_move():
-  """Steps below half a bfloat16 step are lost in optax.apply_updates: the
-  parameters do not move, and update_rms, measured on them, says 0."""
+  """Rounded to nearest (stochastic_rounding=False), steps below half a bfloat16
+  step are lost in optax.apply_updates: the parameters do not move, and
+  update_rms, measured on them, says 0; rounded stochastically, they move."""
   params = {'w': jnp.ones((8, 8), jnp.bfloat16)}
-  for lr, moves in ((1e-4, False), (1e-1, True)):
-    tx = adabelief_jax.adabelief(lr, track_stats=True)
+  for lr, stochastic, moves in ((1e-4, False, False), (1e-4, True, True), (1e-1, False, True)):
+    tx = adabelief_jax.adabelief(lr, track_stats=True, stochastic_rounding=stochastic)
     state, p = tx.init(params), params
     for grads in _grads(params, 3):
       u, state = jax.jit(tx.update)(jax.tree.map(lambda g: g.astype(jnp.bfloat16), grads), state, p)
@@ -270,6 +274,163 @@ def test_stats_from_a_flax_nnx_optimizer():
   assert {'kernel/eps_dominated', 'bias/update_to_param_rms', 'global/sqrt_s_hat_p99'} <= set(stats)
 
 
+def _two_updates(tx, params, moved):
+  """belief_stats after an update given ``params`` and one given ``moved``: update_rms
+  is then the RMS of ``moved - params``."""
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: 0.1 * p, params)
+  _, state = jax.jit(tx.update)(grads, state, params)
+  _, state = jax.jit(tx.update)(grads, state, moved)
+  return belief_stats(state)
+
+
+def _rms(x) -> float:
+  return float(np.sqrt(np.mean(np.abs(np.asarray(x, np.complex128)) ** 2)))
+
+
+def test_update_rms_with_a_weight_decay_mask_that_reads_shapes():
+  """A callable mask that decays only leaves of more than one element: the decay,
+  10x the adaptive step here, is in update_rms (it was probed on (1,) * rank
+  arrays, which such a mask leaves undecayed: 15x too small at 64a9ff6)."""
+  rng = np.random.default_rng(0)
+  params = {'w': jnp.asarray(10 * rng.normal(size=(16, 32)), jnp.float32), 'x': jnp.ones(())}
+  mask = lambda p: jax.tree.map(lambda x: x.size > 1, p)
+  tx = adabelief_jax.adabelief(1e-2, weight_decay=1.0, weight_decay_mask=mask, track_stats=True)
+  state, update, steps = tx.init(params), jax.jit(tx.update), []
+  for _ in range(3):
+    u, state = update(jax.tree.map(lambda p: jnp.sign(p) * 1e-3, params), state, params)
+    steps.append(u)
+    params = optax.apply_updates(params, u)
+  _, state = update(jax.tree.map(jnp.zeros_like, params), state, params)
+  stats = belief_stats(state)
+  # The last step as applied: learning rate times (adaptive step + decay), decay dominant.
+  assert _rms(steps[-1]['w']) > 5 * 1e-2 * np.sqrt(2)  # The decay is there to be missed.
+  np.testing.assert_allclose(float(stats['w/update_rms']), _rms(steps[-1]['w']), rtol=1e-5)
+  np.testing.assert_allclose(float(stats['x/update_rms']), _rms(steps[-1]['x']), rtol=1e-5)
+
+
+def test_complex_parameters_keep_their_imaginary_part():
+  """param_rms and update_rms of a complex parameter are those of |p| and |dp|
+  (at 64a9ff6 they were those of the real part)."""
+  rng = np.random.default_rng(0)
+  shape = (12, 10)
+  p = jnp.asarray(rng.normal(size=shape) + 3j * rng.normal(size=shape), jnp.complex64)
+  moved = p + jnp.asarray(0.1 * rng.normal(size=shape) + 2j, jnp.complex64)
+  stats = _two_updates(scale_by_belief(track_stats=True), {'z': p}, {'z': moved})
+  np.testing.assert_allclose(float(stats['z/param_rms']), _rms(moved), rtol=1e-6)
+  np.testing.assert_allclose(float(stats['z/update_rms']), _rms(moved - p), rtol=1e-6)
+  assert _rms(moved - p) > 5 * _rms((moved - p).real)  # The imaginary part dominates.
+
+
+class _Pair:
+  """A pytree node registered without keys: its children's paths are flat indices."""
+
+  def __init__(self, a, b):
+    self.a, self.b = a, b
+
+
+jax.tree_util.register_pytree_node(_Pair, lambda x: ((x.a, x.b), None), lambda _, c: _Pair(*c))
+
+
+@pytest.mark.parametrize(
+  'params, names',
+  [
+    (_Pair(jnp.full(3, 2.0), jnp.full(4, 5.0)), {'0': 2.0, '1': 5.0}),
+    ({'layer': _Pair(jnp.full(3, 2.0), jnp.full(4, 5.0))}, {'layer/0': 2.0, 'layer/1': 5.0}),
+    # A parameter named like the global statistics, or two whose paths read alike.
+    ({'global': jnp.full(3, 2.0), 'w': jnp.full(4, 5.0)}, {"['global']": 2.0, 'w': 5.0}),
+    ({'a/b': jnp.full(3, 2.0), 'a': {'b': jnp.full(4, 5.0)}}, {"['a/b']": 2.0, "['a']['b']": 5.0}),
+    # Names that do not collide keep their readable paths.
+    ({'overall': jnp.full(3, 2.0), 'global2': jnp.full(4, 5.0)}, {'overall': 2.0, 'global2': 5.0}),
+    (([jnp.full(3, 2.0)], [jnp.full(4, 5.0), None]), {'0/0': 2.0, '1/0': 5.0}),
+  ],
+  ids=['keyless-node', 'keyless-node-in-dict', 'named-global', 'slash-in-key', 'overall', 'lists'],
+)
+def test_every_parameter_has_its_own_keys(params, names):
+  """Each parameter's statistics under keys of its own, the global ones apart
+  (at 8e557cd a keyless node's leaves shared the keys '/<statistic>', a
+  parameter named 'global' was overwritten by the global statistics, and 'a/b'
+  by a/b)."""
+  stats = _two_updates(
+    scale_by_belief(track_stats=True), params, jax.tree.map(lambda p: p + 0.5, params)
+  )
+  per_param = {k.rsplit('/', 1)[0] for k in stats} - {'global'}
+  assert per_param == set(names)
+  for name, value in names.items():
+    np.testing.assert_allclose(float(stats[f'{name}/param_rms']), value + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(float(stats[f'{name}/update_rms']), 0.5, rtol=1e-5)
+  moved = np.concatenate([np.ravel(x) + 0.5 for x in jax.tree.leaves(params)])
+  overall = np.sqrt(np.mean(moved**2))
+  np.testing.assert_allclose(float(stats['global/param_rms']), overall, rtol=1e-6)
+  assert len(stats) == 6 * (len(names) + 1) + 1  # + global/adaptive
+
+
+@pytest.mark.parametrize(
+  'shape', [(1000003,), (3, 333667), (1009, 1013), (4096, 1), (3,) * 7, (24, 40), (7,)]
+)
+def test_sample_is_bounded_and_spread_for_any_shape(shape):
+  """At most SAMPLE elements (all of a smaller leaf), every k-th along each axis, also
+  for prime lengths (at 8e557cd a prime-length leaf was sampled whole: 1000003
+  elements kept in the state)."""
+  size = int(np.prod(shape))
+  struct = jax.ShapeDtypeStruct(shape, jnp.float32)
+  state = jax.eval_shape(scale_by_belief(track_stats=True).init, {'w': struct})
+  kept = state.stats.last_params['w'].size
+  if size <= diagnostics.SAMPLE:
+    assert kept == size
+  else:
+    assert diagnostics.SAMPLE // 2 <= kept <= diagnostics.SAMPLE, kept
+  if size <= 2_000_000:  # The elements, by their flat indices:
+    index = np.asarray(
+      jax.jit(diagnostics.strided)(jnp.arange(size, dtype=jnp.int32).reshape(shape))
+    )
+    assert index.size == kept and np.all(np.diff(index) > 0)
+    coordinates = np.unravel_index(index, shape)
+    assert index.size == np.prod([len(np.unique(c)) for c in coordinates])  # A grid,
+    for axis, along in enumerate(coordinates):  # evenly spaced along each whole axis.
+      taken = np.unique(along)
+      step = taken[1] - taken[0] if len(taken) > 1 else shape[axis]
+      assert taken[0] == 0 and np.all(np.diff(taken) == step), axis
+      assert taken[-1] + step >= shape[axis], axis
+
+
+def _lines_run_in_diagnostics(fn, budget: int) -> int:
+  """The number of lines of adabelief_jax/diagnostics.py that ``fn()`` runs; raises
+  past ``budget`` (so that a loop over the elements fails fast)."""
+  count = 0
+
+  def local(frame, event, arg):
+    nonlocal count
+    if event == 'line':
+      count += 1
+      if count > budget:
+        raise AssertionError(f'more than {budget} lines of diagnostics.py run')
+    return local
+
+  def calls(frame, event, arg):
+    return local if frame.f_code.co_filename == diagnostics.__file__ else None
+
+  previous = sys.gettrace()
+  sys.settrace(calls)
+  try:
+    fn()
+  finally:
+    sys.settrace(previous)
+  return count
+
+
+def test_tracing_stats_of_a_huge_prime_leaf_runs_no_python_loop_over_it():
+  """Tracing init and update of a 20000003-element (prime) leaf runs a bounded number
+  of lines of diagnostics.py: no loop over the length (at 8e557cd a divisor
+  search ran 2e7 iterations, seconds of tracing; minutes at 1e9)."""
+  struct = {'w': jax.ShapeDtypeStruct((20_000_003,), jnp.float32)}
+  tx = scale_by_belief(track_stats=True)
+  state = jax.eval_shape(tx.init, struct)
+  lines = _lines_run_in_diagnostics(lambda: jax.eval_shape(tx.update, struct, state, struct), 3000)
+  assert lines > 0  # The tracer saw diagnostics.py.
+  assert state.stats.last_params['w'].size <= diagnostics.SAMPLE
+
+
 # --- 8 devices (run in a child process: see tests/devices.py) -----------------
 
 CHECKS = devices.Checks()
@@ -302,6 +463,69 @@ def check_stats_under_zero1_equal_one_device() -> dict:
   for key, value in pmapped.items():
     assert np.all(np.isnan(value) if 'update' in key else np.isfinite(value)), key
   return {'stats': len(want)}
+
+
+@CHECKS
+def check_sample_is_bounded_and_shard_aligned_under_explicit_axes() -> dict:
+  """Under Explicit mesh axes, leaves whose shards have prime lengths (1009, 13) and
+  one whose shards its strides divide: the sample is at most SAMPLE elements (at
+  8e557cd, the whole 8072-element leaf), every shard gives as many, the only
+  communication is the gather of the sample, and where the strides divide the
+  shards it is the unsharded leaf's sample; the statistics are those of the
+  parameters."""
+  mesh = jax.make_mesh((devices.N_DEVICES,), ('data',), axis_types=(AxisType.Explicit,))
+  columns = PartitionSpec(None, 'data')
+  # Each leaf's shape, spec, and the shard that holds element i of the flat leaf.
+  leaves = {
+    'v': ((8 * 1009,), PartitionSpec('data'), lambda i: i // 1009),
+    'm': ((16, 8 * 13), columns, lambda i: i % 104 // 13),
+    'a': ((64, 8 * 16), columns, lambda i: i % 128 // 16),
+  }
+  sizes = {}
+  for name, (shape, spec, owner) in leaves.items():
+    index = jnp.arange(np.prod(shape), dtype=jnp.int32).reshape(shape)
+    sample = jax.jit(diagnostics.strided)
+    sharded = jax.device_put(index, NamedSharding(mesh, spec))
+    got = np.asarray(sample(sharded))
+    sizes[name] = got.size
+    assert got.size <= diagnostics.SAMPLE, (name, got.size)
+    assert np.all(np.bincount(owner(got), minlength=8) == got.size // 8), name
+    if name == 'a':  # Strides 2 and 4: the unsharded leaf's elements.
+      np.testing.assert_array_equal(got, np.asarray(sample(index)))
+    hlo = sample.lower(sharded).compile().as_text()
+    moved = re.findall(
+      r'= \w+\[([\d,]*)\]\S* (?:all-gather|all-to-all|all-reduce|collective-permute)', hlo
+    )
+    assert moved and all(np.prod([int(d) for d in m.split(',')]) <= got.size for m in moved), moved
+  shapes = {name: shape for name, (shape, _, _) in leaves.items()}
+  specs = {name: spec for name, (_, spec, _) in leaves.items()}
+  rng = np.random.default_rng(0)
+  host = {k: rng.normal(size=shape).astype(np.float32) for k, shape in shapes.items()}
+  params = jax.device_put(host, {k: NamedSharding(mesh, s) for k, s in specs.items()})
+  tx = adabelief_jax.adabelief(1e-3, track_stats=True)
+  state, step = sharding.init_sharded(tx, params), jax.jit(tx.update)
+  for shift in (0.0, 0.5):
+    moved_params = jax.tree.map(lambda p, shift=shift: p + shift, params)
+    _, state = step(jax.tree.map(lambda p: 1e-2 * p, params), state, moved_params)
+  stats = belief_stats(state)
+  for name, p in host.items():
+    np.testing.assert_allclose(float(stats[f'{name}/update_rms']), 0.5, rtol=1e-6)
+    whole = np.sqrt(np.mean(np.square(p + 0.5)))  # About 1000 of N(0.5, 1): within 10%.
+    assert abs(float(stats[f'{name}/param_rms']) / whole - 1) < 0.1, name
+  # A state made for unsharded parameters samples 'm' otherwise ('a' alike): refused by
+  # name (it was a TypeError from a broadcast in the update).
+  try:
+    step(params, tx.init(host), params)
+  except ValueError as error:
+    assert "params['m'] is sampled as (896,)" in str(error) and 'init_sharded' in str(error)
+  else:
+    raise AssertionError('a state sampled otherwise was accepted')
+  return {'sample_sizes': sizes}
+
+
+def test_sample_is_bounded_and_shard_aligned_under_explicit_axes(device_checks):
+  sizes = device_checks.metrics('check_sample_is_bounded_and_shard_aligned_under_explicit_axes')
+  assert all(0 < n <= diagnostics.SAMPLE for n in sizes['sample_sizes'].values())
 
 
 def test_stats_under_zero1_equal_one_device(device_checks):

@@ -255,3 +255,143 @@ def test_check_hyperparams_checks_what_a_schedule_gives(name):
     _, state = update(grads, state, params)
   with pytest.raises(Exception, match=re.escape(f'{name} = -1.0')):
     jax.block_until_ready(update(grads, state, params))
+
+
+# --- the second hardening pass (issue 17) ----------------------------------------
+
+
+def test_16bit_steps_do_not_overflow_before_the_learning_rate():
+  """A predictable gradient makes the unscaled step g / sqrt(eps_root / (1 - b2)),
+  about 3e7 here, past float16's 65504: the step stays float32 until the learning
+  rate scales it, so float16 parameters end as float32 arithmetic rounded once."""
+  grads = {'w': jnp.full(4, 0.1, jnp.float16)}
+  tx = adabelief_jax.adabelief(1e-7, b2=0.9)
+  p16, _ = _train(tx, [grads] * 300, {'w': jnp.ones(4, jnp.float16)})
+  p32, _ = _train(
+    tx, [jax.tree.map(lambda g: g.astype(jnp.float32), grads)] * 300, {'w': jnp.ones(4)}
+  )
+  assert np.all(np.isfinite(np.asarray(p16['w'], np.float32)))
+  # Each step of 1e-7 * 3e7 = 3 changes a float16 parameter at 1 by whole units.
+  np.testing.assert_allclose(np.asarray(p16['w'], np.float32), p32['w'], rtol=2e-3, atol=0.5)
+  belief = scale_by_belief(b2=0.9)
+  state = belief.init({'w': jnp.ones(4, jnp.float16)})
+  for _ in range(300):
+    u, state = belief.update(grads, state)
+  assert u['w'].dtype == jnp.float32 and np.all(np.abs(np.asarray(u['w'])) > 65504)
+
+
+@pytest.mark.parametrize('mu_dtype', ['int8', 'bfloat16'])
+def test_state_of_another_storage_is_refused_by_default_dtypes(mu_dtype):
+  """The default stores float32 or wider: an 8-bit or bfloat16 state is another
+  configuration's, not read as if it were one."""
+  params = {'w': jnp.ones((64, 128))}
+  state = adabelief_jax.adabelief(1e-3, mu_dtype=mu_dtype).init(params)
+  with pytest.raises(ValueError, match=r'mu_dtype=None .*the state holds') as info:
+    adabelief_jax.adabelief(1e-3).update(params, state, params)
+  assert ('8-bit' if mu_dtype == 'int8' else 'bfloat16') in str(info.value)
+
+
+def test_8bit_codes_cast_by_a_tree_map_are_refused():
+  """jax.tree.map(astype) keeps the QuantizedMoment but turns its codes into floats,
+  which would be read as moment values."""
+  params = {'w': jnp.ones((64, 128))}
+  tx = adabelief_jax.adabelief(1e-3, mu_dtype='int8', nu_dtype='int8')
+  state = jax.tree.map(lambda x: x.astype(jnp.float32), tx.init(params))
+  with pytest.raises(ValueError, match='codes are float32'):
+    tx.update(params, state, params)
+
+
+def test_a_mask_function_under_inject_hyperparams_is_refused():
+  """inject_hyperparams calls a callable weight_decay_mask with the step count:
+  the 'mask' is one boolean, and weight decay would silently stop."""
+  mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  params = {'w': jnp.ones((4, 3))}
+  injected = optax.inject_hyperparams(adabelief_jax.adabelief)
+  tx = injected(learning_rate=0.1, weight_decay=0.5, weight_decay_mask=mask)
+  with pytest.raises(ValueError, match="static_args=\\('weight_decay_mask',\\)"):
+    tx.init(params)
+  tx = optax.inject_hyperparams(adabelief_jax.adabelief, static_args=('weight_decay_mask',))(
+    learning_rate=0.1, weight_decay=0.5, weight_decay_mask=mask
+  )
+  updates, _ = tx.update(params, tx.init(params), params)
+  plain = adabelief_jax.adabelief(0.1, weight_decay=0.5, weight_decay_mask=mask)
+  chex.assert_trees_all_close(updates, plain.update(params, plain.init(params), params)[0])
+
+
+@pytest.mark.parametrize('dtype', [jnp.float16, jnp.bfloat16])
+def test_16bit_hyperparameters_of_inject_hyperparams_are_refused(dtype):
+  """inject_hyperparams casts hyperparameters to the parameters' dtype: eps = 1e-16
+  is 0 in float16 (a zero gradient then gives NaN), b2 = 0.999 is 1.0 in bfloat16."""
+  params = {'w': jnp.ones(3, dtype)}
+  tx = optax.inject_hyperparams(adabelief_jax.adabelief)(learning_rate=0.1)
+  with pytest.raises(ValueError, match=r'hyperparam_dtype=jnp\.float32'):
+    tx.init(params)
+  tx = optax.inject_hyperparams(adabelief_jax.adabelief, hyperparam_dtype=jnp.float32)(0.1)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  assert np.all(np.asarray(updates['w']) == 0)
+
+
+def test_16bit_learning_rate_and_decay_are_accepted():
+  lr = jnp.asarray(1e-3, jnp.bfloat16)
+  params = {'w': jnp.ones(3)}
+  tx = adabelief_jax.adabelief(lr, weight_decay=jnp.asarray(1e-2, jnp.float16))
+  updates, _ = tx.update(params, tx.init(params), params)
+  plain = adabelief_jax.adabelief(float(lr), weight_decay=float(jnp.float16(1e-2)))
+  chex.assert_trees_all_close(updates, plain.update(params, plain.init(params), params)[0])
+
+
+def test_update_without_params_when_nothing_needs_them():
+  """optax's quick-start idiom, tx.update(grads, state): no weight decay, nothing
+  chained that reads the parameters; with decay, the error says to pass them."""
+  params = {'w': jnp.ones(3)}
+  tx = adabelief_jax.adabelief(1e-3)
+  without, _ = tx.update(params, tx.init(params))
+  chex.assert_trees_all_equal(without, tx.update(params, tx.init(params), params)[0])
+  tx = adabelief_jax.adabelief(1e-3, weight_decay=0.1)
+  with pytest.raises(ValueError, match='params'):
+    tx.update(params, tx.init(params))
+
+
+def test_optax_states_are_named():
+  params = {'w': jnp.ones(3)}
+  with pytest.raises(TypeError, match=r'got optax\.ScaleByBeliefState\. It was made by optax'):
+    scale_by_belief().update(params, optax.scale_by_belief().init(params))
+  tx = adabelief_jax.adabelief(1e-3, weight_decay=0.1)
+  with pytest.raises(TypeError, match=r'a tuple of 2: \(optax\.ScaleByBeliefState'):
+    tx.update(params, optax.adabelief(1e-3).init(params), params)
+
+
+def test_complex_parameters_with_a_real_mu_dtype_name_the_cure():
+  with pytest.raises(ValueError, match=r"params\['z'\] is complex .*complex mu_dtype"):
+    scale_by_belief(mu_dtype='float32').init({'z': jnp.ones(3, jnp.complex64)})
+
+
+def test_64bit_state_without_x64_is_refused_at_construction():
+  assert not jax.config.read('jax_enable_x64')
+  with pytest.raises(ValueError, match='jax_enable_x64'):
+    scale_by_belief(mu_dtype='float64')
+
+
+@pytest.mark.parametrize('seed', [2**31, 2**32 - 1])
+def test_rounding_seeds_up_to_2_32_work(seed):
+  params = {'w': jnp.ones(5)}
+  tx = adabelief_jax.adabelief(1e-3, mu_dtype='bfloat16', rounding_seed=seed)
+  other = adabelief_jax.adabelief(1e-3, mu_dtype='bfloat16', rounding_seed=seed - 1)
+  grads = {'w': jnp.linspace(0.1, 1.0, 5)}
+  state, other_state = tx.init(params), other.init(params)
+  for _ in range(3):
+    _, state = jax.jit(tx.update)(grads, state, params)
+    _, other_state = jax.jit(other.update)(grads, other_state, params)
+  assert not np.array_equal(state[0].mu['w'], other_state[0].mu['w'])
+  with pytest.raises(ValueError, match='rounding_seed'):
+    adabelief_jax.adabelief(1e-3, rounding_seed=2**32)
+
+
+def test_8bit_state_of_another_block_size_is_refused():
+  params = {'w': jnp.ones((64, 128))}
+  state = adabelief_jax.adabelief(1e-3, mu_dtype='int8', quantization_block_size=64).init(params)
+  with pytest.raises(
+    ValueError, match='quantization_block_size=256, but the state was made with 64'
+  ):
+    adabelief_jax.adabelief(1e-3, mu_dtype='int8').update(params, state, params)

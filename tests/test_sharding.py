@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -302,11 +303,12 @@ def check_errors_name_arguments() -> dict[str, Any]:
     lambda: sharding.init_sharded(tx, {'w': jax.ShapeDtypeStruct((8, 4), jnp.float32)}, mesh),
   )
   pmapped = jax.pmap(lambda x: x)(jnp.ones((N_DEVICES, 4)))
-  raises(
-    TypeError,
-    "params['w'] comes from jax.pmap",
-    lambda: sharding.state_shardings(tx, {'w': pmapped}, mesh),
-  )
+  for given in (mesh, None):  # Without a mesh, pmap's own was used (before issue 17).
+    raises(
+      TypeError,
+      "params['w'] comes from jax.pmap",
+      lambda given=given: sharding.state_shardings(tx, {'w': pmapped}, given),
+    )
   # NumPy params with a mesh given: replicated.
   np_sh = sharding.state_shardings(tx, {'w': np.ones((8, 4), np.float32)}, mesh, shard_axis='data')
   assert np_sh[0].mu['w'].spec == P('data')
@@ -586,6 +588,35 @@ def test_orbax_checkpoint_round_trip(device_checks):
   metrics = device_checks.metrics('check_orbax_checkpoint_round_trip')
   if 'skipped' in metrics:
     pytest.skip(metrics['skipped'])
+
+
+def _pmap_output_as(kind: str) -> Any:
+  """A jax.pmap output on this process's devices, as an array or a struct carrying
+  its sharding."""
+  pmapped = jax.pmap(lambda x: x)(jnp.ones((jax.local_device_count(), 4)))
+  if kind == 'struct':
+    return jax.ShapeDtypeStruct(pmapped.shape, pmapped.dtype, sharding=pmapped.sharding)
+  return pmapped
+
+
+@pytest.mark.parametrize('kind', ['array', 'struct'])
+@pytest.mark.parametrize(
+  'function',
+  [
+    lambda tx, params: sharding.state_shardings(tx, params),
+    lambda tx, params: sharding.describe(tx, params),
+    lambda tx, params: sharding.abstract_state(tx, params),
+    lambda tx, params: sharding.moment_shardings(params),
+    lambda tx, params: sharding.with_sharded_state(tx, params),
+  ],
+  ids=['state_shardings', 'describe', 'abstract_state', 'moment_shardings', 'with_sharded_state'],
+)
+def test_params_from_pmap_are_refused_without_a_mesh(function, kind):
+  """As the docstrings promise; with no mesh given, pmap's own mesh was taken and
+  the state placed on it (issue 17), on one device as on eight."""
+  params = {'b': np.zeros(3, np.float32), 'w': _pmap_output_as(kind)}
+  with pytest.raises(TypeError, match=re.escape("params['w'] comes from jax.pmap")):
+    function(_optimizer(), params)
 
 
 def test_every_check_has_a_test():

@@ -124,9 +124,22 @@ def _pmap_axis_names() -> tuple[str, ...]:
 
 
 def _leaf_mesh(leaf: Any, where: str, caller: str) -> Mesh | None:
-  """The mesh of a param's NamedSharding; None if it has none or is replicated."""
+  """The mesh of a param's NamedSharding; None if it has none or is replicated.
+
+  Raises ``TypeError`` for a param that ``jax.pmap`` made: its mesh is pmap's
+  own, whose leading axis indexes devices, so a state placed on it would not
+  be the state of these parameters.
+  """
   sharding = getattr(leaf, 'sharding', None)
   if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
+    names = sharding.mesh.axis_names
+    if len(names) == 1 and names == _pmap_axis_names():
+      raise TypeError(
+        f'{caller}: params{where} comes from jax.pmap (its leading axis indexes '
+        'devices); with jax.pmap, create the state inside pmap (jax.pmap(tx.init)), '
+        'or place the params on a mesh with jax.device_put(x, NamedSharding(mesh, '
+        'spec)) and use jax.jit.'
+      )
     return sharding.mesh
   if sharding is not None and not sharding.is_fully_replicated:
     raise TypeError(
@@ -137,14 +150,7 @@ def _leaf_mesh(leaf: Any, where: str, caller: str) -> Mesh | None:
   return None
 
 
-def _mismatch(leaf_mesh: Mesh, mesh: Mesh, where: str, caller: str) -> Exception:
-  if leaf_mesh.axis_names == _pmap_axis_names():
-    return TypeError(
-      f'{caller}: params{where} comes from jax.pmap (its leading axis indexes '
-      'devices); with jax.pmap, create the state inside pmap (jax.pmap(tx.init)), '
-      'or place the params on a mesh with jax.device_put(x, NamedSharding(mesh, '
-      'spec)) and use jax.jit.'
-    )
+def _mismatch(leaf_mesh: Mesh, mesh: Mesh, where: str, caller: str) -> ValueError:
   return ValueError(
     f'{caller}: params{where} is sharded over {leaf_mesh}, not over `mesh`={mesh}. '
     'Pass the mesh the params live on (or mesh=None to use it), or device_put the '
