@@ -1,4 +1,4 @@
-"""Shared fixtures: examples as modules, and 8-device checks in a child process.
+"""Shared fixtures: examples and experiments as modules, and 8-device checks in a child process.
 
 Also a line at the end of every run that collected tests/test_compat.py: whether
 the PyTorch parity tests ran, or why they were skipped.
@@ -13,21 +13,33 @@ import pytest
 
 from tests import devices
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / 'examples'
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def load_example(monkeypatch):
-  """Imports examples/<name>.py as a module, with examples/ on sys.path for _common."""
-  monkeypatch.syspath_prepend(str(EXAMPLES))
+def _loader(folder: str, monkeypatch: pytest.MonkeyPatch, on_path: bool):
+  """A function that imports <folder>/<name>.py as a module, named after both."""
+  if on_path:
+    monkeypatch.syspath_prepend(str(ROOT / folder))
 
   def load(name: str):
-    spec = importlib.util.spec_from_file_location(f'examples_{name}', EXAMPLES / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'{folder}_{name}', ROOT / folder / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
   return load
+
+
+@pytest.fixture
+def load_example(monkeypatch):
+  """Imports examples/<name>.py: self-contained, so examples/ is not put on sys.path."""
+  return _loader('examples', monkeypatch, on_path=False)
+
+
+@pytest.fixture
+def load_experiment(monkeypatch):
+  """Imports experiments/<name>.py, with experiments/ on sys.path for _common and _text."""
+  return _loader('experiments', monkeypatch, on_path=True)
 
 
 class DeviceChecks:

@@ -1,4 +1,4 @@
-"""Tests of examples/dcgan_mnist.py: its metrics, and a smoke run with tiny settings."""
+"""Tests of experiments/dcgan_mnist.py: its metrics, and a smoke run with tiny settings."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from tests.helpers import check_example_outputs, markdown_tables, mean_std, run_
 
 
 @pytest.fixture
-def dcgan(load_example):
-  return load_example('dcgan_mnist')
+def dcgan(load_experiment):
+  return load_experiment('dcgan_mnist')
 
 
 def test_frechet_distance_of_a_sample_with_itself_is_zero(dcgan):

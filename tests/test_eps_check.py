@@ -1,4 +1,4 @@
-"""Smoke test of examples/eps_check.py: its outputs, and eps ordering the eps-dominated fractions."""
+"""Smoke test of experiments/eps_check.py: its outputs, and eps ordering the eps-dominated fractions."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 from tests.helpers import check_example_outputs
 
 
-def test_eps_check_fractions_grow_with_eps(load_example, tmp_path):
+def test_eps_check_fractions_grow_with_eps(load_experiment, tmp_path):
   out = tmp_path / 'eps'
   flags = ['--epochs', '2', '--seeds', '1', '--eps', '1e-3,1e-16', '--no-progress']
-  summaries = load_example('eps_check').main([*flags, '--out', str(out)])
+  summaries = load_experiment('eps_check').main([*flags, '--out', str(out)])
 
   data = check_example_outputs(out, ['eps_dominated.png'])
   assert [r['eps'] for r in data['results']] == [1e-3, 1e-16]

@@ -1,4 +1,4 @@
-"""Tests of examples/image_classification.py: a smoke run, the bootstrap helper, the conv.
+"""Tests of experiments/image_classification.py: a smoke run, the bootstrap helper, the conv.
 
 The smoke run uses tiny settings (one grid point per optimizer, one epoch, two
 seeds) on both data sets; most of its time is the eight compilations.
@@ -24,9 +24,9 @@ TINY = (
 )
 
 
-def test_image_classification_smoke(load_example, tmp_path, capsys):
+def test_image_classification_smoke(load_experiment, tmp_path, capsys):
   out = tmp_path / 'ic'
-  example = load_example('image_classification')
+  example = load_experiment('image_classification')
   run_example(example, out, TINY)
 
   data = check_example_outputs(out, ['curves.png'])  # Every number finite, too.
@@ -86,14 +86,14 @@ def _check_results_row(row: list[str], s: dict, baselines: tuple[str, ...], seed
       assert (int(match[4]), int(match[5])) == (d['wins'], seeds)
 
 
-def test_image_classification_one_dataset_and_subset(load_example, tmp_path):
+def test_image_classification_one_dataset_and_subset(load_experiment, tmp_path):
   """--datasets and --optimizers: differences only against the baselines present.
 
   Run with its progress bar, which shows AdaBelief's belief statistics.
   """
   flags = '--datasets mnist1d --optimizers adabelief,adam --epochs 1 --seeds 1 '
   flags += '--lrs-adabelief 3e-3 --wds-adabelief 1e-2 --lrs-adam 3e-3 --wds-adam 1e-4'
-  example = load_example('image_classification')
+  example = load_experiment('image_classification')
   data = example.main([*flags.split(), '--out', str(tmp_path)])
   (summaries,) = data['results'].values()
   assert [s['optimizer'] for s in summaries] == ['adabelief', 'adam']
@@ -115,13 +115,13 @@ def test_image_classification_one_dataset_and_subset(load_example, tmp_path):
     '--wds-adam=-1e-4,1e-4',
   ],
 )
-def test_image_classification_rejects_bad_flags(load_example, tmp_path, flags):
+def test_image_classification_rejects_bad_flags(load_experiment, tmp_path, flags):
   with pytest.raises(SystemExit):
-    load_example('image_classification').main([*flags.split(), '--out', str(tmp_path)])
+    load_experiment('image_classification').main([*flags.split(), '--out', str(tmp_path)])
 
 
-def test_bootstrap_ci_known_answers(load_example):
-  bootstrap_ci = load_example('image_classification').bootstrap_ci
+def test_bootstrap_ci_known_answers(load_experiment):
+  bootstrap_ci = load_experiment('image_classification').bootstrap_ci
   # Identical pairs: every difference 0, a zero-width interval at 0.
   assert bootstrap_ci(np.zeros(5)) == (0.0, 0.0, 0.0)
   # A constant difference d: every resample's mean is d.
@@ -137,14 +137,14 @@ def test_bootstrap_ci_known_answers(load_example):
   assert mean == pytest.approx(d.mean())
 
 
-def test_summarize_counts_ties_exactly(load_example):
+def test_summarize_counts_ties_exactly(load_experiment):
   """Float32 accuracies differ by rounding noise; paired differences must not.
 
   The seeds' MNIST test accuracies (1,000 images) of a real run: AdaBelief
   minus SGD is -1, +8, +4, -1, +21 images, whose interval starts at exactly 0
   (float32 arithmetic put it at +1.2e-8, a spurious 'better').
   """
-  example = load_example('image_classification')
+  example = load_experiment('image_classification')
 
   def result(name, accuracies):
     return {'optimizer': name, 'runs': [{'test_acc': float(np.float32(a))} for a in accuracies]}
@@ -163,9 +163,9 @@ def test_summarize_counts_ties_exactly(load_example):
 @pytest.mark.parametrize(
   'window, shape', [((5,), (3, 40, 2)), ((3,), (2, 10, 25)), ((3, 3), (2, 28, 28, 3))]
 )
-def test_patch_conv_matches_nnx_conv(load_example, window, shape):
+def test_patch_conv_matches_nnx_conv(load_experiment, window, shape):
   """PatchConv is nnx.Conv(strides=2, padding=1) with the same kernel and bias."""
-  patch_conv = load_example('image_classification').PatchConv
+  patch_conv = load_experiment('image_classification').PatchConv
   ours = patch_conv(shape[-1], 6, window, rngs=nnx.Rngs(1))
   padding = [(1, 1)] * len(window)
   theirs = nnx.Conv(shape[-1], 6, window, strides=2, padding=padding, rngs=nnx.Rngs(0))

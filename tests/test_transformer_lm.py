@@ -1,4 +1,4 @@
-"""Tests of examples/transformer_lm.py: a smoke run with tiny settings, and its model and optimizers.
+"""Tests of experiments/transformer_lm.py: a smoke run with tiny settings, and its model and optimizers.
 
 The script's ``main`` runs in-process into ``tmp_path``; the other tests
 check that the model is causal and that the default model is what the
@@ -25,7 +25,7 @@ ROWS = [
 ]
 
 
-def test_transformer_lm(load_example, tmp_path, capsys):
+def test_transformer_lm(load_experiment, tmp_path, capsys):
   out = tmp_path / 'gpt'
   # dim 32: the MLP's 32 x 128 kernels have 4096 elements, enough for 8-bit state.
   flags = (
@@ -33,7 +33,7 @@ def test_transformer_lm(load_example, tmp_path, capsys):
     '--seq-len 16 --batch-size 4 --optimizers adabelief,sgd --lrs-adabelief 3e-3 '
     '--lrs-sgd 0.1,0.3'
   )
-  run_example(load_example('transformer_lm'), out, flags)
+  run_example(load_experiment('transformer_lm'), out, flags)
   saved = check_example_outputs(out, ['curves.png'])  # Every number finite, too.
   results = {r['optimizer']: r for r in saved['results']}
   assert list(results) == ROWS
@@ -72,12 +72,12 @@ def test_transformer_lm(load_example, tmp_path, capsys):
       assert float(row[7]) == pytest.approx(r['state_bytes_per_param'], abs=0.0051)
 
 
-def test_model_is_causal(load_example):
+def test_model_is_causal(load_experiment):
   """Changing the byte at position 9 leaves the logits at positions 0..8 unchanged."""
   import jax.numpy as jnp
   from flax import nnx
 
-  gpt = load_example('transformer_lm')
+  gpt = load_experiment('transformer_lm')
   args = gpt.parse_args(['--dim', '32', '--heads', '4', '--layers', '2', '--seq-len', '16'])
   model = gpt.GPT(50, args, jnp.float32, rngs=nnx.Rngs(0))
   tokens = np.random.default_rng(0).integers(0, 50, (3, 16))
@@ -89,14 +89,14 @@ def test_model_is_causal(load_example):
   assert np.all(np.abs(after[:, 9:] - before[:, 9:]).max(axis=-1) > 1e-4)
 
 
-def test_defaults(load_example):
+def test_defaults(load_experiment):
   """>= 3 seeds, equal grids, 0.2-1M parameters, weight matrices large enough for 8 bits."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
-  gpt = load_example('transformer_lm')
-  text = load_example('_text')
+  gpt = load_experiment('transformer_lm')
+  text = load_experiment('_text')
   args = gpt.parse_args([])
   assert args.seeds >= 3
   assert len({len(getattr(args, f'lrs_{name}')) for name in gpt.OPTIMIZERS}) == 1
@@ -107,12 +107,12 @@ def test_defaults(load_example):
   assert all(p.size >= 4096 for p in leaves if p.ndim >= 2)
 
 
-def test_every_row_steps(load_example):
+def test_every_row_steps(load_experiment):
   """Each row's chain (every optimizer and variant) takes a finite, non-zero step on a small tree."""
   import jax
   import jax.numpy as jnp
 
-  gpt = load_example('transformer_lm')
+  gpt = load_experiment('transformer_lm')
   params = {'w': jnp.linspace(-1.0, 1.0, 4096 * 2).reshape(64, 128), 'b': jnp.ones(128)}
   grads = jax.tree.map(lambda p: 0.1 * jnp.cos(7 * p), params)
   for row in [*gpt.OPTIMIZERS, *gpt.VARIANTS]:

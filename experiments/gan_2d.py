@@ -30,9 +30,9 @@ The runs of a setting (seeds x learning rates) are trained together: one
 ``jax.vmap`` over runs of a ``jax.lax.scan`` over steps, with the NNX models
 split into graph definition and parameter state (``nnx.split``/``nnx.merge``)::
 
-    python examples/gan_2d.py                      # ~4-5 min on 2 CPU cores
-    python examples/gan_2d.py --steps 4000 --seeds 2 --out /tmp/gan
-    python examples/gan_2d.py --lrs 1e-4 --b1s 0.5 --seeds 10
+    python experiments/gan_2d.py                      # ~4-5 min on 2 CPU cores
+    python experiments/gan_2d.py --steps 4000 --seeds 2 --out /tmp/gan
+    python experiments/gan_2d.py --lrs 1e-4 --b1s 0.5 --seeds 10
 
 Writes ``results.md``, ``results.json``, ``samples.png`` (final samples of
 every run) and ``curves.png`` (modes and quality during training) to --out.

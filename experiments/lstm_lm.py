@@ -27,9 +27,9 @@ character wins, and the winner is run with the remaining seeds. The table
 reports validation and *test* bits per character at the chosen lr (the test
 files played no part in the choice), plus the whole sweep::
 
-    python examples/lstm_lm.py                     # ~4 min on 2 CPU cores
-    python examples/lstm_lm.py --epochs 10 --seeds 3 --hidden 256
-    python examples/lstm_lm.py --optimizers adabelief,adam --lrs-adam 3e-3
+    python experiments/lstm_lm.py                     # ~4 min on 2 CPU cores
+    python experiments/lstm_lm.py --epochs 10 --seeds 3 --hidden 256
+    python experiments/lstm_lm.py --optimizers adabelief,adam --lrs-adam 3e-3
 
 Optimizers: AdaBelief (``adabelief_jax.adabelief``, betas (0.9, 0.999),
 eps = eps_root = 1e-16: the authors' setting for 1-layer LSTMs, which is also
@@ -74,7 +74,7 @@ OPTIMIZERS: dict[str, tuple[str, Callable[[float], optax.GradientTransformation]
 
 
 # ----------------------------------------------------------------------------
-# Data: the standard library's source code (examples/_text.py, shared with transformer_lm.py).
+# Data: the standard library's source code (experiments/_text.py, shared with transformer_lm.py).
 
 
 def load_corpus(args: argparse.Namespace) -> Corpus:

@@ -5,9 +5,9 @@ that need no download, with every optimizer's learning rate and weight decay
 tuned on a validation split by the same budget, several seeds, and paired
 differences with bootstrap confidence intervals::
 
-    python examples/image_classification.py                  # ~7 CPU-minutes (2 cores)
-    python examples/image_classification.py --datasets mnist1d --seeds 10
-    python examples/image_classification.py --epochs 5 --seeds 2 --out /tmp/ic
+    python experiments/image_classification.py                  # ~7 CPU-minutes (2 cores)
+    python experiments/image_classification.py --datasets mnist1d --seeds 10
+    python experiments/image_classification.py --epochs 5 --seeds 2 --out /tmp/ic
 
 Data sets and fixed splits:
 

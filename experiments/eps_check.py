@@ -4,14 +4,15 @@ AdaBelief divides the momentum by ``sqrt(s_hat) + eps``, and ``eps_root``,
 added to ``s`` every step, keeps ``s_hat`` above ``eps_root / (1 - b2)``. Where
 these epsilons make up most of the denominator the step is momentum SGD with a
 fixed step size (too large an eps: "it acts like SGD"); where the belief
-``(g - m)^2`` does, the step is adaptive. This script trains the quickstart's CNN on the 8x8 digits with
+``(g - m)^2`` does, the step is adaptive. This script trains the CNN of
+``quickstart_tuned.py`` on the 8x8 digits with
 ``adabelief(..., eps=eps_root=E, track_stats=True)`` for each ``E`` of
 ``--eps`` and records, after every epoch, the fraction of each parameter's
 elements where eps dominates (``adabelief_jax.belief_stats``), then writes
 ``results.md``, ``results.json`` and ``eps_dominated.png`` into ``--out``::
 
-    python examples/eps_check.py                     # ~1 min on 2 CPU cores
-    python examples/eps_check.py --eps 1e-4,1e-8,1e-12,1e-16 --seeds 3
+    python experiments/eps_check.py                     # ~1 min on 2 CPU cores
+    python experiments/eps_check.py --eps 1e-4,1e-8,1e-12,1e-16 --seeds 3
 
 The statistics come from the optimizer state after each step (computed inside
 the jitted update); reading them costs one device-to-host copy of a few
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 
 import _common
 import numpy as np
-import quickstart
+import quickstart_tuned
 from flax import nnx
 
 import adabelief_jax
@@ -40,14 +41,16 @@ FINDINGS = (
 )
 
 
-def train_one(eps: float, seed: int, data: quickstart.Data, args: argparse.Namespace, bar) -> dict:
+def train_one(
+  eps: float, seed: int, data: quickstart_tuned.Data, args: argparse.Namespace, bar
+) -> dict:
   """One run: per-epoch eps-dominated fraction of every parameter, and the final test accuracy."""
   (x_train, y_train), _, test = data
   rng = _common.seed_everything(seed)
-  model = quickstart.CNN(rngs=nnx.Rngs(seed))
+  model = quickstart_tuned.CNN(rngs=nnx.Rngs(seed))
   tx = adabelief_jax.adabelief(args.lr, eps=eps, eps_root=eps, track_stats=True)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  step = nnx.cached_partial(quickstart.train_step, model, optimizer)
+  step = nnx.cached_partial(quickstart_tuned.train_step, model, optimizer)
   steps = len(x_train) // args.batch_size
   fractions: dict[str, list[float]] = {}
   for _ in range(args.epochs):
@@ -60,7 +63,7 @@ def train_one(eps: float, seed: int, data: quickstart.Data, args: argparse.Names
         fractions.setdefault(key.removesuffix('/eps_dominated'), []).append(float(value))
     bar.set_postfix(_common.belief_postfix(optimizer.opt_state))
     bar.update()
-  return {'fractions': fractions, 'test_acc': float(quickstart.accuracy(model, *test))}
+  return {'fractions': fractions, 'test_acc': float(quickstart_tuned.accuracy(model, *test))}
 
 
 def summarize(eps: float, runs: list[dict]) -> dict:
@@ -99,7 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   args = parse_args(argv)
-  data = quickstart.load_data()
+  data = quickstart_tuned.load_data()
   print(
     f'digits CNN, adabelief lr {args.lr:g}, eps in {args.eps}, '
     f'{_common.plural(args.epochs, "epoch")} x {_common.plural(args.seeds, "seed")}'
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args,
     title='Is my eps right? eps-dominated fraction per layer',
     table=_common.table([row for s in summaries for row in s['rows']]),
-    notes=f'quickstart CNN on load_digits, adabelief lr {args.lr:g}, batch {args.batch_size}. '
+    notes=f'quickstart_tuned CNN on load_digits, adabelief lr {args.lr:g}, batch {args.batch_size}. '
     + accuracy,
     findings=FINDINGS,
     plots=[plot],

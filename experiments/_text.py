@@ -1,4 +1,4 @@
-"""The text the language-model examples share: the standard library's source, as bytes.
+"""Text shared by the language-model experiments: the standard library's source, as bytes.
 
 ``lstm_lm.py`` and ``transformer_lm.py`` train on the same files, split the
 same way, encode them with the same vocabulary and score them in the same

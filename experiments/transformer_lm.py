@@ -42,9 +42,9 @@ stochastically rounded). The table gives each row's optimizer state bytes per
 parameter, and the findings each variant's final train bpb over float32
 AdaBelief's, paired by seed (mean, min and max over the seeds)::
 
-    python examples/transformer_lm.py   # 29 runs of 300 steps: sweeps, seeds, variants
-    python examples/transformer_lm.py --dim 192 --layers 4 --steps 2000 --seeds 5
-    python examples/transformer_lm.py --optimizers adabelief,adamw --no-variants
+    python experiments/transformer_lm.py   # 29 runs of 300 steps: sweeps, seeds, variants
+    python experiments/transformer_lm.py --dim 192 --layers 4 --steps 2000 --seeds 5
+    python experiments/transformer_lm.py --optimizers adabelief,adamw --no-variants
 
 Writes ``results.md``, ``results.json`` and ``curves.png`` to --out.
 """

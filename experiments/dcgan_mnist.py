@@ -58,9 +58,9 @@ reported):
 
 Commands::
 
-    python examples/dcgan_mnist.py                 # ~10 min on 2 CPU cores
-    python examples/dcgan_mnist.py --steps 3000 --seeds 5 --out /tmp/dcgan
-    python examples/dcgan_mnist.py --optimizers adam --b1s 0.9 --lr 1e-3
+    python experiments/dcgan_mnist.py                 # ~10 min on 2 CPU cores
+    python experiments/dcgan_mnist.py --steps 3000 --seeds 5 --out /tmp/dcgan
+    python experiments/dcgan_mnist.py --optimizers adam --b1s 0.9 --lr 1e-3
 
 Writes ``results.md``, ``results.json``, ``curves.png`` (FD and coverage
 entropy during training, mean ± std over seeds) and ``samples.png`` (final

@@ -28,8 +28,8 @@ reported too. Seed 0 is
 the canonical start; seed k > 0 perturbs it by N(0, 0.25^2) per coordinate
 (NumPy generator seeded with k), and the table gives medians over seeds::
 
-    python examples/toy_2d.py                       # a few seconds
-    python examples/toy_2d.py --steps 20000 --seeds 10 --lr 1e-2
+    python experiments/toy_2d.py                       # a few seconds
+    python experiments/toy_2d.py --steps 20000 --seeds 10 --lr 1e-2
 
 Optimizers: SGD with momentum 0.9 (``optax.sgd``), Adam (``optax.adam``,
 betas (0.9, 0.999), eps 1e-8) and AdaBelief (``adabelief_jax.adabelief``,

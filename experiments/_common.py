@@ -1,4 +1,4 @@
-"""Small helpers shared by the example scripts: flags, seeding, results, plots.
+"""Small helpers shared by the experiment scripts: flags, seeding, results, plots.
 
 Kept generic on purpose: nothing here knows about a particular model or data
 set. Example scripts import it as ``import _common`` (Python puts a script's
