@@ -11,6 +11,8 @@ benchmarks/<name>.py``) and exposes ``main(argv) -> dict`` for in-process use:
   with plots.
 * :mod:`benchmarks.mixed_precision`: what bf16 state costs in quality, and
   whether 16-bit parameters stay finite.
+* :mod:`benchmarks.fit`: the memory of a whole GPT train step compiled ahead
+  of time, and the largest model that fits a device.
 
 The private modules hold what the scripts share: ``_trees`` (parameter trees
 and the problem), ``_candidates`` (the optimizer steps compared), ``_timing``
