@@ -95,9 +95,12 @@ def check_wide(name: str, value: Any) -> None:
   dtype = getattr(value, 'dtype', None)
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits >= 32:
     return
+  if np.ndim(value) != 0:
+    return  # check_scalar says it is not a scalar.
   shown = 'traced' if isinstance(value, jax.core.Tracer) else repr(float(value))
   raise ValueError(
-    f'{name} is a {dtype} array ({shown}): b1, b2, eps and eps_root need float32 at least '
+    f'{name} is a {dtype} array ({shown}): b1, b2, eps, eps_root and sma_threshold need '
+    'float32 at least '
     '(eps = 1e-16 is 0 in float16, b2 = 0.999 is 1.0 in bfloat16). optax.inject_hyperparams '
     "casts hyperparameters to the parameters' dtype: pass hyperparam_dtype=jnp.float32 to it; "
     'otherwise pass a Python float.'
@@ -156,7 +159,8 @@ def check_state_dtype(name: str, dtype: Any, *, real: bool) -> jnp.dtype | None:
   if wide and not jax.config.read('jax_enable_x64'):
     raise ValueError(
       f'{name}={dtype!r} needs 64-bit JAX, which is off: JAX would store float32. Turn it '
-      "on first (jax.config.update('jax_enable_x64', True)), or use float32."
+      "on first (jax.config.update('jax_enable_x64', True)), or use "
+      f'{"complex64" if jnp.issubdtype(canonical, jnp.complexfloating) else "float32"}.'
     )
   if canonical == jnp.float16:
     # float16 stores nothing below 6e-8 and few bits below 6e-5, where bfloat16, of

@@ -136,7 +136,10 @@ def describe(moment: Any) -> str:
   if isinstance(moment, QuantizedMoment):
     if not _quantize.codes_intact(moment):
       codes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(moment.codes)})
-      return f'8-bit blocks whose codes are {", ".join(codes)} (cast by a tree map?)'
+      return (
+        f'8-bit blocks whose codes are {", ".join(codes)} (cast by a tree map, or made by a '
+        'version that stored leaves of rows shorter than 8 in 8 bits: build it anew)'
+      )
     return '8-bit blocks (int8)'
   dtypes = sorted({str(leaf.dtype) for leaf in jax.tree.leaves(moment)})
   return ', '.join(dtypes) or 'no leaves'

@@ -33,7 +33,8 @@ def _checked(name: str, value: optax.ScalarOrSchedule) -> Callable[[Any], Any]:
 
 
 def _decayed_weights(weight_decay: Any, mask: Any) -> optax.GradientTransformation:
-  """``optax.add_decayed_weights``, whose init checks ``mask`` against the params.
+  """``optax.add_decayed_weights``, whose init checks ``mask`` against the params, and
+  whose update names ``weight_decay`` when the params are missing.
 
   A mask of the wrong structure, or of non-booleans, would otherwise fail in
   the update with an error that names neither the mask nor the leaf.
@@ -45,7 +46,17 @@ def _decayed_weights(weight_decay: Any, mask: Any) -> optax.GradientTransformati
       _checks.check_mask(mask(params) if callable(mask) else mask, params)
     return inner.init(params)
 
-  return optax.GradientTransformation(init_fn, inner.update)
+  def update_fn(
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.OptState]:
+    if params is None:
+      raise ValueError(
+        'adabelief: weight_decay is not 0, and decaying the weights needs them: pass params '
+        'to update (tx.update(grads, state, params)).'
+      )
+    return inner.update(updates, state, params)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def chain_with_weight_decay(
@@ -201,10 +212,10 @@ def adabelief(
     degenerate_to_sgd: with ``rectify``, the steps before the threshold are
       momentum-SGD steps if true, no steps if false.
     nesterov: if true, Nesterov momentum.
-    mu_dtype: how ``m`` is stored: a float dtype, or ``'int8'`` for 8-bit
-      blocks; by default float32 for 16-bit parameters and the parameter's
-      dtype otherwise.
-    nu_dtype: how ``s`` is stored, likewise (float16 is refused).
+    mu_dtype: how ``m`` is stored: a float dtype (float16 is refused: it
+      underflows), or ``'int8'`` for 8-bit blocks; by default float32 for
+      16-bit parameters and the parameter's dtype otherwise.
+    nu_dtype: how ``s`` is stored, likewise.
     stochastic_rounding: if true, every store into a narrower format rounds
       stochastically (exact in expectation), else to nearest: the moments'
       (``mu_dtype``, ``nu_dtype``), and the parameters' where they are 16-bit,

@@ -430,10 +430,16 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     def moment(field: str) -> Any:
       return _storage.tree(getattr(state, field), treedef, [getattr(n, field) for n in new])
 
-    # In the compute dtype: the unscaled step of a 16-bit gradient can exceed float16's
-    # range (it reaches g / sqrt(eps_root / (1 - b2))); it is narrowed, if at all, once
-    # the learning rate has scaled it.
-    u = jax.tree.unflatten(treedef, [n.update for n in new])
+    # In the gradients' dtype, as optax's wrappers expect (apply_if_finite), but float16's:
+    # the unscaled step can exceed its range (it reaches g / sqrt(eps_root / (1 - b2))),
+    # so it stays float32 until a learning rate has scaled it.
+    u = jax.tree.unflatten(
+      treedef,
+      [
+        n.update if x.update.dtype == jnp.float16 else n.update.astype(x.update.dtype)
+        for n, x in zip(new, leaves)
+      ],
+    )
     nu_max = moment('nu_max') if hp.amsgrad else state.nu_max
     return u, BeliefState(count, moment('mu'), moment('nu'), nu_max, stats)
 
@@ -475,10 +481,11 @@ def scale_by_belief(
   ``s``: ``eps_root`` (the paper's epsilon, added to ``s`` every step)
   of 1e-16 plays the role of Adam's eps of 1e-8.
 
-  The arithmetic is done in at least float32 whatever the parameters' dtype,
-  and the updates come back in that dtype (float32 for 16-bit gradients): the
-  unscaled step can exceed float16's range; ``optax.apply_updates`` rounds the
-  scaled step to the parameters' dtype. Complex leaves use
+  The arithmetic is done in at least float32 whatever the parameters' dtype;
+  updates come back in the gradients' dtype, but for float16 gradients, whose
+  unscaled step can exceed float16's range: those come back in float32
+  (``optax.apply_updates`` rounds the scaled step to the parameters' dtype).
+  Complex leaves use
   ``|g - m|^2 = (g - m) * conj(g - m)`` and a real ``s``.
 
   Args:
@@ -510,6 +517,8 @@ def scale_by_belief(
       ``jnp.float32``...), or ``'int8'`` for 8-bit codes with one float32 scale
       per block (3 mantissa bits relative to the block's scale). By default,
       float32 for 16-bit parameters and the parameter's dtype otherwise.
+      float16 is refused: it stores nothing below 6e-8 (``m`` of gradients
+      below 6e-7), where bfloat16, of the same size, has float32's range.
     nu_dtype: how ``s`` (and its AMSGrad maximum) is stored, likewise, real;
       in 8 bits, 2 mantissa bits over 63 powers of two, a positive ``s``
       never stored as zero. float16 is refused: an ``s`` of 1e-16 is zero
@@ -521,11 +530,11 @@ def scale_by_belief(
       same bits whatever the sharding. If false, stores round to nearest, with
       which a bfloat16 ``s`` stops decaying (``0.999 * s`` rounds back to
       ``s``). The step uses the moments as stored.
-    rounding_seed: the seed of the rounding bits, an integer >= 0.
+    rounding_seed: the seed of the rounding bits, an integer in [0, 2^32).
     quantization_block_size: the number of elements per scale along the last
-      axis of 8-bit moments; blocks never span rows, so a leaf sharded on its
-      other axes keeps whole blocks. Leaves of fewer than 4096 elements stay
-      float32. With ``optax.inject_hyperparams``, list it in ``static_args``.
+      axis of 8-bit moments, at least 8; blocks never span rows, so a leaf
+      sharded on its other axes keeps whole blocks. Leaves of fewer than 4096
+      elements, or whose last axis is shorter than 8, stay float32. With ``optax.inject_hyperparams``, list it in ``static_args``.
     check_hyperparams: if true, ``b1``, ``b2``, ``eps`` and ``eps_root`` (and
       ``sma_threshold`` with ``rectify``) are checked at every step by a host
       callback that raises: for values traced through

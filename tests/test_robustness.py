@@ -349,7 +349,7 @@ def test_update_without_params_when_nothing_needs_them():
   without, _ = tx.update(params, tx.init(params))
   chex.assert_trees_all_equal(without, tx.update(params, tx.init(params), params)[0])
   tx = adabelief_jax.adabelief(1e-3, weight_decay=0.1)
-  with pytest.raises(ValueError, match='params'):
+  with pytest.raises(ValueError, match='weight_decay is not 0.*pass params'):
     tx.update(params, tx.init(params))
 
 
@@ -395,3 +395,12 @@ def test_8bit_state_of_another_block_size_is_refused():
     ValueError, match='quantization_block_size=256, but the state was made with 64'
   ):
     adabelief_jax.adabelief(1e-3, mu_dtype='int8').update(params, state, params)
+
+
+def test_bfloat16_gradients_keep_their_dtype_through_scale_by_belief():
+  """bfloat16 has float32's range: its steps cannot overflow, and optax's wrappers
+  that compare the update with zeros like the gradients keep working."""
+  params = {'w': jnp.ones(8, jnp.bfloat16)}
+  tx = optax.apply_if_finite(optax.chain(scale_by_belief(), optax.scale(-1e-3)), 3)
+  updates, _ = tx.update(params, tx.init(params))
+  assert updates['w'].dtype == jnp.bfloat16

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -117,10 +115,10 @@ class ShardingPlan:
     return '\n'.join(lines)
 
 
-@functools.cache
-def _pmap_axis_names() -> tuple[str, ...]:
-  """The axis names of the mesh that ``jax.pmap`` puts its outputs on."""
-  return jax.pmap(lambda x: x)(jnp.zeros(jax.local_device_count())).sharding.mesh.axis_names
+# The one axis of the mesh that jax.pmap puts its outputs on, when it is given no
+# axis_name (JAX's name; checked by tests/test_sharding.py). Known by name, not by
+# running a pmap here, which in a multi-process run every process would have to join.
+_PMAP_AXIS_NAMES = ('_internal_pmap_axis_name',)
 
 
 def _leaf_mesh(leaf: Any, where: str, caller: str) -> Mesh | None:
@@ -133,7 +131,7 @@ def _leaf_mesh(leaf: Any, where: str, caller: str) -> Mesh | None:
   sharding = getattr(leaf, 'sharding', None)
   if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
     names = sharding.mesh.axis_names
-    if len(names) == 1 and names == _pmap_axis_names():
+    if names == _PMAP_AXIS_NAMES:
       raise TypeError(
         f'{caller}: params{where} comes from jax.pmap (its leading axis indexes '
         'devices); with jax.pmap, create the state inside pmap (jax.pmap(tx.init)), '
