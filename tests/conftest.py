@@ -1,4 +1,4 @@
-"""Shared fixtures: examples and experiments as modules, and 8-device checks in a child process.
+"""Shared fixtures: examples and experiments as modules, and 8-device checks in one child process.
 
 Also a line at the end of every run that collected tests/test_compat.py: whether
 the PyTorch parity tests ran, or why they were skipped.
@@ -57,14 +57,31 @@ class DeviceChecks:
     return result['metrics']
 
 
-@pytest.fixture(scope='module')
-def device_checks(request) -> DeviceChecks:
-  """Runs every check the requesting module registered, in one 8-device child."""
-  module = request.module
+@pytest.fixture(scope='session')
+def _device_results(request) -> dict[str, Any]:
+  """The results of every 8-device check of the session's modules, from one child.
+
+  One child for all modules, started when the first test asks: each child
+  pays JAX's start and the imports (about 2 s of CPU), and the modules share
+  one. The modules are those of the collected tests that use ``device_checks``.
+  """
+  modules = list(
+    dict.fromkeys(
+      item.module.__name__
+      for item in request.session.items
+      if 'device_checks' in getattr(item, 'fixturenames', ())
+    )
+  )
   try:
-    return DeviceChecks(devices.run_in_child(module.__name__, list(module.CHECKS.functions)))
+    return devices.run_in_child(modules)
   except RuntimeError as e:
     pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def device_checks(request, _device_results) -> DeviceChecks:
+  """The results of the requesting module's 8-device checks (see tests/devices.py)."""
+  return DeviceChecks(_device_results[request.module.__name__])
 
 
 PARITY_FILE = 'tests/test_compat.py'

@@ -4,11 +4,13 @@ XLA creates virtual CPU devices only if told before JAX starts its backend, so
 a test that needs 8 devices cannot run in the pytest process, whose device
 count is whatever its environment gives. A test module registers such bodies
 with ``CHECKS = devices.Checks()`` and ``@CHECKS``; the ``device_checks``
-fixture (tests/conftest.py) runs all of a module's checks in one child,
-``python -m tests.devices <module> [check ...]``, with ``JAX_PLATFORMS=cpu`` and
-``--xla_force_host_platform_device_count=8``, and each test asserts on its
-check's result. Run checks by hand the same way, e.g.
-``python -m tests.devices tests.test_sharding check_zero1_auto``.
+fixture (tests/conftest.py) runs the checks of every module of the session in
+one child, ``python -m tests.devices <module>[:<check>] ...``, with
+``JAX_PLATFORMS=cpu`` and ``--xla_force_host_platform_device_count=8`` (one
+child, not one per module: each child pays JAX's start and the imports again),
+and each test asserts on its check's result. Run checks by hand the same way,
+e.g. ``python -m tests.devices tests.test_sharding:check_zero1_auto`` (a bare
+module runs all of its checks).
 
 This module imports no JAX at the top: the child sets its environment first.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 N_DEVICES = 8
-TIMEOUT_S = 300  # For all of one module's checks, on 2 busy cores.
+TIMEOUT_S = 300  # Per module, for all of its checks, on 2 busy cores.
 _TAG = 'ADABELIEF_DEVICE_CHECKS '
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,29 +60,30 @@ def child_env() -> dict[str, str]:
   return env
 
 
-def run_in_child(module: str, names: list[str]) -> dict[str, Any]:
-  """Runs checks ``names`` of ``module`` in one child; their results by name.
+def run_in_child(modules: list[str]) -> dict[str, dict[str, Any]]:
+  """Runs every check of ``modules`` in one child; their results by module, then name.
 
   Raises ``RuntimeError`` with the child's output if it crashes or runs past
-  :data:`TIMEOUT_S` (then it is killed).
+  :data:`TIMEOUT_S` per module (then it is killed).
   """
+  timeout = TIMEOUT_S * len(modules)
   try:
     proc = subprocess.run(
-      [sys.executable, '-m', 'tests.devices', module, *names],
+      [sys.executable, '-m', 'tests.devices', *modules],
       env=child_env(),
       cwd=_ROOT,
       capture_output=True,
       text=True,
-      timeout=TIMEOUT_S,
+      timeout=timeout,
       check=False,
     )
   except subprocess.TimeoutExpired as e:
-    raise RuntimeError(f'the {module} checks ran past {TIMEOUT_S} s:\n{e.stderr}') from e
+    raise RuntimeError(f'the checks of {modules} ran past {timeout} s:\n{e.stderr}') from e
   for line in proc.stdout.splitlines():
     if line.startswith(_TAG):
       return json.loads(line[len(_TAG) :])
   raise RuntimeError(
-    f'the {module} checks crashed (exit {proc.returncode}):\n'
+    f'the checks of {modules} crashed (exit {proc.returncode}):\n'
     f'{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}'
   )
 
@@ -99,16 +102,30 @@ def _run(checks: Checks, names: list[str]) -> dict[str, Any]:
   return results
 
 
+def _selection(argv: list[str]) -> dict[str, list[str]]:
+  """``MODULE`` or ``MODULE:CHECK`` arguments as the checks asked for, by module (empty: all)."""
+  wanted: dict[str, list[str]] = {}
+  for arg in argv:
+    module, _, name = arg.partition(':')
+    wanted.setdefault(module, [])
+    if name:
+      wanted[module].append(name)
+  return wanted
+
+
 def _main(argv: list[str]) -> None:
-  os.environ.update(child_env())  # Before the module below imports JAX.
+  os.environ.update(child_env())  # Before the modules below import JAX.
   if not argv:
-    sys.exit('usage: python -m tests.devices MODULE [CHECK ...]')
-  checks = importlib.import_module(argv[0]).CHECKS
-  names = argv[1:] or list(checks.functions)
-  unknown = [n for n in names if n not in checks.functions]
-  if unknown:
-    sys.exit(f'unknown checks {unknown}; known: {list(checks.functions)}')
-  print(_TAG + json.dumps(_run(checks, names)), flush=True)
+    sys.exit('usage: python -m tests.devices MODULE[:CHECK] ...')
+  results = {}
+  for module, names in _selection(argv).items():
+    checks = importlib.import_module(module).CHECKS
+    names = names or list(checks.functions)
+    unknown = [n for n in names if n not in checks.functions]
+    if unknown:
+      sys.exit(f'unknown checks {unknown} in {module}; known: {list(checks.functions)}')
+    results[module] = _run(checks, names)
+  print(_TAG + json.dumps(results), flush=True)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ that reads the same 16 random bits. Unbiasedness is tested statistically;
 the compositions (flax.nnx, MultiSteps, apply_if_finite, masked,
 inject_hyperparams) on one device, and ZeRO-1 and orbax on 8 devices in a
 child process (see tests/devices.py), e.g. ``python -m tests.devices
-tests.test_param_rounding check_zero1_is_bit_identical``.
+tests.test_param_rounding:check_zero1_is_bit_identical``.
 """
 
 from __future__ import annotations

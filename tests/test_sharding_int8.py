@@ -5,7 +5,7 @@ whole blocks, and all of its parameter's state and gradients with it: one
 placement per parameter, so that the update needs no resharding (an
 all-to-all) between its leaves. The checks need 8 CPU devices: they run in
 one child process (see tests/devices.py), e.g. ``python -m tests.devices
-tests.test_sharding_int8 check_zero1_int8_explicit``.
+tests.test_sharding_int8:check_zero1_int8_explicit``.
 """
 
 from __future__ import annotations
