@@ -236,7 +236,9 @@ CANDIDATES: dict[str, Candidate] = {
     _adabelief('adabelief', 'adabelief_jax'),
     # With --dtype bfloat16 and the default float32 state, the two differ by the
     # stochastic rounding of the parameters alone.
-    _adabelief('adabelief_rtn', 'adabelief_jax stochastic_rounding=False', stochastic_rounding=False),
+    _adabelief(
+      'adabelief_rtn', 'adabelief_jax stochastic_rounding=False', stochastic_rounding=False
+    ),
     _adabelief('adabelief_wd', 'adabelief_jax wd=1e-4 decoupled', weight_decay=WEIGHT_DECAY),
     _adabelief('adabelief_amsgrad', 'adabelief_jax amsgrad', amsgrad=True),
     _adabelief('adabelief_rectify', 'adabelief_jax rectify', rectify=True),

@@ -349,7 +349,7 @@ def test_update_without_params_when_nothing_needs_them():
   without, _ = tx.update(params, tx.init(params))
   chex.assert_trees_all_equal(without, tx.update(params, tx.init(params), params)[0])
   tx = adabelief_jax.adabelief(1e-3, weight_decay=0.1)
-  with pytest.raises(ValueError, match='weight_decay is not 0.*pass params'):
+  with pytest.raises(ValueError, match=r'weight_decay is not 0.*pass params'):
     tx.update(params, tx.init(params))
 
 
