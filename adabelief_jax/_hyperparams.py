@@ -19,7 +19,9 @@ class BeliefHyperparams:
   its defaults (a test checks that they agree), plus ``torch_rectified_eps``,
   which :func:`~adabelief_jax.compat.adabelief_pytorch` sets: rectified steps
   then divide by ``sqrt(s_t) + eps``, without bias correction on ``eps``, as
-  adabelief-pytorch 0.2.1 does. Numeric fields may be Python numbers or JAX
+  adabelief-pytorch 0.2.1 does, and ``compute_dtype_updates``, which the
+  chains of :mod:`adabelief_jax.alias` set: updates then stay in the compute
+  dtype (float32 for 16-bit gradients) until the chain's end. Numeric fields may be Python numbers or JAX
   scalars (traced under ``optax.inject_hyperparams``); concrete values are
   checked against :data:`adabelief_jax._checks.LIMITS` when the record is
   made, and the state dtypes are canonicalized.
@@ -42,6 +44,9 @@ class BeliefHyperparams:
   check_hyperparams: bool = False
   track_stats: bool = False
   torch_rectified_eps: bool = False
+  # Set by adabelief and the compat constructors, which scale by the learning rate in
+  # float32 and cast to the gradients' dtype at the end: updates in the compute dtype.
+  compute_dtype_updates: bool = False
 
   def __post_init__(self) -> None:
     for name in ('b1', 'b2', 'eps', 'eps_root', 'sma_threshold'):

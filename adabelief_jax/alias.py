@@ -272,6 +272,7 @@ def adabelief(
       quantization_block_size=quantization_block_size,
       check_hyperparams=check_hyperparams,
       track_stats=track_stats,
+      compute_dtype_updates=True,
     )
   )
   rounding = round_params_stochastically(rounding_seed) if stochastic_rounding else None

@@ -78,6 +78,7 @@ def adabelief_pytorch(
     rectify=rectify,
     degenerate_to_sgd=degenerated_to_sgd,
     torch_rectified_eps=True,
+    compute_dtype_updates=True,
   )
   return chain_with_weight_decay(lr, weight_decay, None, mode, scale_by_belief_from(belief))
 
@@ -213,6 +214,7 @@ def adabelief_tf(
     amsgrad=amsgrad,
     rectify=rectify,
     sma_threshold=sma_threshold,
+    compute_dtype_updates=True,
   )
   return chain_with_weight_decay(
     _tf_learning_rate(learning_rate, _total_steps(total_steps), warmup_proportion, min_lr),

@@ -436,7 +436,9 @@ def scale_by_belief_from(hp: BeliefHyperparams) -> optax.GradientTransformation:
     u = jax.tree.unflatten(
       treedef,
       [
-        n.update if x.update.dtype == jnp.float16 else n.update.astype(x.update.dtype)
+        n.update
+        if hp.compute_dtype_updates or x.update.dtype == jnp.float16
+        else n.update.astype(x.update.dtype)
         for n, x in zip(new, leaves)
       ],
     )
